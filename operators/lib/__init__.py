@@ -1,0 +1,1 @@
+"""Pure functions behind the operators: DICOM input, preprocessing, blending, SEG output."""

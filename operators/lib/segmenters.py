@@ -1,0 +1,229 @@
+"""Model wrappers: each is built once from its model folder and called once per image.
+
+Every wrapper states its axis order and value range. Images are H×W float32 in [0, 1]
+(MONOCHROME2 sense, see :mod:`operators.lib.dicom_input`). A segmentation expert predicts on the
+whole image squashed to its S×S input (no crop) and returns an S×S opacity probability map; the
+torchxrayvision models keep their own convention (centre square crop).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from operators.lib.errors import ModelFolderError
+from operators.lib.preprocessing import equalize_histogram, paste_center_square, resize, xrv_input
+from operators.nets.convnext_fpn import ConvNextFpn, ConvNextFpnConfig
+from operators.nets.unet import SmallUNet, UNetConfig
+
+logger = logging.getLogger(__name__)
+
+
+class SegmentationExpert(Protocol):
+    """What the expert and refinement operators need from a segmentation model."""
+
+    name: str
+    input_size_px: int
+
+    def predict_square(self, square_image: np.ndarray) -> np.ndarray:
+        """S×S image in [0, 1] → S×S float32 opacity probability."""
+
+
+def predict_expert(expert: SegmentationExpert, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``expert`` on a full-resolution H×W image.
+
+    Returns (S×S probability map at the model's input size, H×W map resized back to the image).
+    """
+    size = expert.input_size_px
+    square_prob = expert.predict_square(resize(image, (size, size)))
+    full_prob = np.clip(resize(square_prob, image.shape), 0.0, 1.0)
+    return square_prob, full_prob
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelFolderError(f"{path}: missing; the model folder is incomplete.") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelFolderError(f"{path}: not valid JSON ({exc}).") from exc
+
+
+def _load_safetensors(module: torch.nn.Module, path: Path) -> None:
+    """Load ``model.safetensors`` (fp16 or fp32 on disk) into ``module`` as fp32, strictly."""
+    state = {key: value.float() if value.is_floating_point() else value for key, value in load_file(str(path)).items()}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFolderError(f"{path}: weights do not match the architecture in config.json ({exc}).") from exc
+
+
+class ConvNextFpnSegmenter:
+    """ConvNeXt-FPN expert from ``config.json`` + ``model.safetensors``.
+
+    Preprocessing (shared with training, :meth:`prepare`): resize to S×S, histogram equalisation
+    when the config says so, repeat to 3 channels, normalise with the config's mean/std.
+    """
+
+    def __init__(self, name: str, folder: Path, device: torch.device):
+        self.name = name
+        self.config = ConvNextFpnConfig.from_dict(_read_json(folder / "config.json"))
+        self.input_size_px = self.config.input_size_px
+        self.device = device
+        self.network = ConvNextFpn(self.config)
+        _load_safetensors(self.network, folder / "model.safetensors")
+        self.network.eval().to(device)
+
+    @staticmethod
+    def prepare(square_image: np.ndarray, config: ConvNextFpnConfig) -> torch.Tensor:
+        """S×S [0, 1] image → 1×3×S×S normalised tensor (the one definition of this input)."""
+        image = equalize_histogram(square_image) if config.histogram_equalized else square_image
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
+        mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return (tensor - mean) / std
+
+    @torch.inference_mode()
+    def predict_square(self, square_image: np.ndarray) -> np.ndarray:
+        logits = self.network(self.prepare(square_image, self.config).to(self.device))
+        return torch.sigmoid(logits)[0, 0].float().cpu().numpy()
+
+
+class NnUNetSegmenter:
+    """A 2D nnU-Net v2 model folder (dataset.json, plans.json, fold_0/checkpoint_final.pth), run by
+    nnunetv2's own ``nnUNetPredictor`` in this process (no worker processes).
+
+    Input to nnU-Net: (C=1, Z=1, H, W) with spacing (999, 1, 1), values 0–255 as when nnU-Net reads
+    an 8-bit PNG (its z-score normalisation is per image). Output: the softmax probability of the
+    label named ``label`` in dataset.json.
+    """
+
+    def __init__(self, name: str, folder: Path, device: torch.device, input_size_px: int, label: str = "opacity",
+                 use_mirroring: bool = False, tile_step: float = 0.5, fold: int = 0):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        self.name = name
+        self.input_size_px = input_size_px
+        dataset = _read_json(folder / "dataset.json")
+        labels = dataset.get("labels", {})
+        if label not in labels:
+            raise ModelFolderError(f"{folder / 'dataset.json'}: has no label {label!r}; labels are {sorted(labels)}.")
+        self.label_index = int(labels[label])
+        checkpoint = folder / f"fold_{fold}" / "checkpoint_final.pth"
+        if not checkpoint.is_file():
+            raise ModelFolderError(f"{checkpoint}: missing; the nnU-Net model folder is incomplete.")
+        self.predictor = nnUNetPredictor(
+            tile_step_size=tile_step,
+            use_gaussian=True,
+            use_mirroring=use_mirroring,
+            perform_everything_on_device=device.type == "cuda",
+            device=device,
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
+        self.predictor.initialize_from_trained_model_folder(str(folder), use_folds=(fold,), checkpoint_name="checkpoint_final.pth")
+
+    def predict_square(self, square_image: np.ndarray) -> np.ndarray:
+        data = (np.asarray(square_image, dtype=np.float32) * 255.0)[None, None]
+        _, probabilities = self.predictor.predict_single_npy_array(data, {"spacing": [999.0, 1.0, 1.0]}, None, None, True)
+        return np.asarray(probabilities[self.label_index, 0], dtype=np.float32)
+
+
+def _import_xrv():
+    """Import torchxrayvision without letting it silence every warning of the process."""
+    saved = warnings.filters[:]
+    import torchxrayvision as xrv
+
+    warnings.filters[:] = saved
+    return xrv
+
+
+class XrvOpacityClassifier:
+    """Step 1: torchxrayvision DenseNet-121 (``densenet121-res224-all`` family), "Lung Opacity" output.
+
+    Weights: xrv's own file name inside the model folder, loaded by xrv's own constructor with
+    ``cache_dir`` = the folder, so nothing is downloaded (the loader checks the file exists first).
+    ``op_threshs``: kept as xrv ships them (or as stored in the file's model): the output is
+    sigmoid then xrv's ``op_norm``, which maps the model's operating threshold to 0.5. The score is
+    therefore "probability-like, 0.5 = xrv's operating point", comparable with the experts' scores.
+    """
+
+    def __init__(self, name: str, folder: Path, device: torch.device, weights: str = "densenet121-res224-all",
+                 label: str = "Lung Opacity"):
+        xrv = _import_xrv()
+        self.name = name
+        filename = Path(xrv.models.model_urls[weights]["weights_url"]).name
+        if not (folder / filename).is_file():
+            raise ModelFolderError(f"{folder / filename}: missing; torchxrayvision weights must be staged in the model folder.")
+        self.network = xrv.models.DenseNet(weights=weights, cache_dir=str(folder))
+        if label not in self.network.targets:
+            raise ModelFolderError(f"{folder / filename}: classifier has no {label!r} output.")
+        self.label_index = list(self.network.targets).index(label)
+        self.input_size_px = int(xrv.models.model_urls[weights].get("input_resolution", 224))
+        self.network.eval().to(device)
+        self.device = device
+
+    @torch.inference_mode()
+    def predict(self, image: np.ndarray) -> float:
+        """H×W [0, 1] image → op-normalised "Lung Opacity" score in [0, 1]."""
+        x = torch.from_numpy(xrv_input(image, self.input_size_px)).to(self.device)
+        return float(self.network(x)[0, self.label_index].clamp(0, 1))
+
+
+class XrvLungSegmenter:
+    """Lung mask from torchxrayvision's ChestX-Det PSPNet (channels "Left Lung" and "Right Lung").
+
+    Centre square crop → 512 px → sigmoid ≥ 0.5 on either lung channel → pasted back at full size.
+    """
+
+    def __init__(self, name: str, folder: Path, device: torch.device):
+        xrv = _import_xrv()
+        from torchxrayvision.baseline_models.chestx_det import PSPNet
+
+        self.name = name
+        weights = folder / "pspnet_chestxray_best_model_4.pth"
+        if not weights.is_file():
+            raise ModelFolderError(f"{weights}: missing; torchxrayvision weights must be staged in the model folder.")
+        self.network = PSPNet(cache_dir=str(folder))
+        self.channels = [self.network.targets.index("Left Lung"), self.network.targets.index("Right Lung")]
+        self.network.eval().to(device)
+        self.device = device
+        self.input_size_px = 512
+        del xrv
+
+    @torch.inference_mode()
+    def predict_mask(self, image: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(xrv_input(image, self.input_size_px)).to(self.device)
+        probs = torch.sigmoid(self.network(x))[0, self.channels].amax(dim=0).float().cpu().numpy()
+        return paste_center_square(probs, image.shape) >= 0.5
+
+
+class UNetLungSegmenter:
+    """The project's light lung model (:class:`SmallUNet`): ``config.json`` + ``model.safetensors``.
+
+    Whole image squashed to S×S, values [0, 1]; sigmoid ≥ 0.5 on any output channel is lung.
+    """
+
+    def __init__(self, name: str, folder: Path, device: torch.device):
+        self.name = name
+        self.config = UNetConfig.from_dict(_read_json(folder / "config.json"))
+        self.input_size_px = self.config.input_size_px
+        self.network = SmallUNet(self.config)
+        _load_safetensors(self.network, folder / "model.safetensors")
+        self.network.eval().to(device)
+        self.device = device
+
+    @torch.inference_mode()
+    def predict_mask(self, image: np.ndarray) -> np.ndarray:
+        size = self.input_size_px
+        x = torch.from_numpy(resize(image, (size, size)))[None, None].to(self.device)
+        probs = torch.sigmoid(self.network(x))[0].amax(dim=0).float().cpu().numpy()
+        return resize(probs, image.shape) >= 0.5

@@ -1,0 +1,1 @@
+"""Network architectures owned by this project (kept apart from operator glue)."""
