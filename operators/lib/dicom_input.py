@@ -79,6 +79,7 @@ class CxrImage:
     dataset: Dataset
     pixels: np.ndarray
     warnings: tuple[str, ...] = field(default=())
+    decode_seconds: float = 0.0
 
     @property
     def shape(self) -> tuple[int, int]:

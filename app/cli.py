@@ -1,0 +1,145 @@
+"""Command line: ``python -m app -i IN -o OUT -m MODELS [--preset NAME] [--device cpu|cuda] [--threads N]``.
+
+``-i/-o/-m`` (or HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH / HOLOSCAN_MODEL_PATH) are resolved by
+the MONAI Deploy SDK's own app context; the other options are ours. Exit codes: see
+:class:`operators.lib.run_report.ExitCode` and the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from app import APP_NAME, __version__
+from app.presets import DEFAULT_PRESET, PRESETS, BlendMode, get_preset
+from operators.lib.errors import ModelFolderError
+from operators.lib.run_report import ExitCode, RunLedger
+
+logger = logging.getLogger("app")
+SUMMARY_NAME = "summary.json"
+
+
+def _device(value: str) -> str:
+    if value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"device must be cpu, cuda or cuda:N; got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description=f"{APP_NAME} {__version__}: chest X-ray lung opacity, "
+                                     "DICOM in → DICOM SEG out. Research use only, not for clinical use.")
+    parser.add_argument("-i", "--input", help="input folder of DICOM files (default: $HOLOSCAN_INPUT_PATH or ./input)")
+    parser.add_argument("-o", "--output", help="output folder (default: $HOLOSCAN_OUTPUT_PATH or ./output)")
+    parser.add_argument("-m", "--model", help="models folder with manifest.json (default: $HOLOSCAN_MODEL_PATH or ./models)")
+    parser.add_argument("-l", "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARN", "ERROR"])
+    parser.add_argument("--preset", default=os.environ.get("CXR_OPACITY_PRESET", DEFAULT_PRESET), choices=sorted(PRESETS),
+                        help=f"write-up submission to reproduce (default {DEFAULT_PRESET}; env CXR_OPACITY_PRESET)")
+    parser.add_argument("--device", default="cpu", type=_device, help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core (default)")
+    parser.add_argument("--mirroring", action="store_true", help="nnU-Net test-time mirroring (about 4× slower on CPU)")
+    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    return parser
+
+
+def _resolve_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """Input, output and model paths through the SDK's app context (CLI over HOLOSCAN_* over defaults)."""
+    from monai.deploy.core import AppContext
+
+    context = AppContext({key: value for key, value in (("input", args.input), ("output", args.output), ("model", args.model)) if value})
+    return Path(context.input_path), Path(context.output_path), Path(context.model_path)
+
+
+def _blend_weights(models, preset) -> tuple[dict[str, float], str]:
+    """Weighted blend weights ∝ 1/weighted log-loss from the manifest; equal weights if uncalibrated."""
+    from operators.lib.blending import blend_weights_from_logloss
+
+    names = [m.name for m in models.experts] + [models.refinement.name]
+    cards = {card.name: card for card in models.manifest.models}
+    losses = [cards[name].calibration.get("weighted_logloss") for name in names]
+    if any(loss is None for loss in losses):
+        if preset.blend is BlendMode.WEIGHTED:
+            logger.warning("manifest.json lacks weighted_logloss for some maps; the Weighted blend uses equal weights.")
+        return {name: 1.0 / len(names) for name in names}, "equal (uncalibrated)"
+    return dict(zip(names, (float(w) for w in blend_weights_from_logloss(losses)))), "1 / weighted log-loss (manifest)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the app; return the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, "WARNING" if args.log_level == "WARN" else args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.list_presets:
+        for name, preset in PRESETS.items():
+            print(f"{name:10s} {preset.description}")
+        return int(ExitCode.OK)
+    started = time.perf_counter()
+    input_folder, output_folder, model_folder = _resolve_paths(args)
+    if not input_folder.is_dir():
+        logger.error("Input folder %s does not exist or is not a folder.", input_folder)
+        return int(ExitCode.CONFIGURATION)
+    try:
+        output_folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        logger.error("Output folder %s cannot be created: %s", output_folder, exc)
+        return int(ExitCode.CONFIGURATION)
+
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        logger.error("--device %s requested but CUDA is not available; use --device cpu.", args.device)
+        return int(ExitCode.CONFIGURATION)
+    preset = get_preset(args.preset, nnunet_mirroring=args.mirroring) if args.mirroring else get_preset(args.preset)
+
+    from app.model_store import load_models
+
+    try:
+        models = load_models(model_folder, device=args.device, nnunet_mirroring=preset.nnunet_mirroring,
+                             nnunet_tile_step=preset.nnunet_tile_step)
+    except ModelFolderError as exc:
+        logger.error("Cannot start: %s", exc)
+        return int(ExitCode.CONFIGURATION)
+    logger.info("Models ready in %.1fs since start", time.perf_counter() - started)
+
+    from app.app import LungOpacityApp, RunPlan
+    from operators.lib.seg_output import AlgorithmInfo
+
+    gate_threshold = preset.gate_threshold if preset.gate_threshold is not None else (models.manifest.gate_threshold or 0.5)
+    weights, weights_source = _blend_weights(models, preset)
+    ledger = RunLedger()
+    ledger.info = {
+        "app": {"name": APP_NAME, "version": __version__},
+        "preset": preset.name,
+        "preset_description": preset.description,
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "gate_threshold": gate_threshold,
+        "blend_weights": weights if preset.blend is BlendMode.WEIGHTED else {},
+        "blend_weights_source": weights_source if preset.blend is BlendMode.WEIGHTED else None,
+        "model_pack": models.manifest.pack,
+        "models": models.versions(),
+        "model_load_s": {k: round(v, 3) for k, v in models.load_seconds.items()},
+        "input": str(input_folder),
+        "output": str(output_folder),
+    }
+    if models.manifest.pack.get("meaningful") is False:
+        logger.warning("Model pack %r is random: its outputs MEAN NOTHING.", models.manifest.pack.get("name"))
+    plan = RunPlan(input_folder, output_folder, models, preset, gate_threshold, weights,
+                   AlgorithmInfo(name=APP_NAME, version=__version__, preset=preset.name), ledger)
+    app = LungOpacityApp(plan, argv=[sys.argv[0]])
+    try:
+        app.run()
+    except Exception:
+        logger.exception("The application failed")
+        ledger.info["error"] = "the application failed; see the log"
+        ledger.write_summary(output_folder / SUMMARY_NAME)
+        return int(ExitCode.ERROR)
+    ledger.write_summary(output_folder / SUMMARY_NAME)
+    counts = ledger.counts()
+    logger.info("Done in %.1fs: %s. Summary: %s", time.perf_counter() - started, counts, output_folder / SUMMARY_NAME)
+    return int(ledger.exit_code())

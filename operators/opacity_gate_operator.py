@@ -1,0 +1,47 @@
+"""Steps 1+2 decision: the mean of the four classifiers' scores against the threshold."""
+
+from __future__ import annotations
+
+import logging
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.lib.blending import gate_is_positive
+from operators.lib.results import GateDecision, first_failure, run_step, same_case
+
+logger = logging.getLogger(__name__)
+
+
+class OpacityGateOperator(Operator):
+    """Named inputs: ``classifier_result`` and ``expert_1`` … ``expert_3`` (ExpertResult).
+    Named output: ``gate`` (GateDecision or StepFailure).
+    """
+
+    CLASSIFIER, EXPERTS, OUTPUT = "classifier_result", ("expert_1", "expert_2", "expert_3"), "gate"
+
+    def __init__(self, fragment: Fragment, *args, threshold: float, **kwargs):
+        self._threshold = float(threshold)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(self.CLASSIFIER)
+        for name in self.EXPERTS:
+            spec.input(name)
+        spec.output(self.OUTPUT)
+
+    def compute(self, op_input, op_output, context) -> None:
+        classifier = op_input.receive(self.CLASSIFIER)
+        experts = tuple(op_input.receive(name) for name in self.EXPERTS)
+        failure = first_failure(classifier, *experts)
+        if failure is not None:
+            op_output.emit(failure, self.OUTPUT)
+            return
+
+        def work() -> GateDecision:
+            same_case(classifier, *experts)
+            positive, mean = gate_is_positive([classifier.score] + [e.score for e in experts], self._threshold)
+            logger.info("%s: mean opacity score %.3f vs %.3f → %s", classifier.case.case_id, mean, self._threshold,
+                        "positive" if positive else "negative")
+            return GateDecision(classifier.case, classifier, experts, mean, self._threshold, positive)
+
+        op_output.emit(run_step("gate", classifier.case, work), self.OUTPUT)

@@ -1,0 +1,114 @@
+"""Output: for each image, two DICOM SEGs, a preview PNG and result.json, written atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.lib.case_report import failed_report, processed_report
+from operators.lib.preview import render_preview, save_png_atomically
+from operators.lib.results import FinalResult, StepFailure
+from operators.lib.run_report import Outcome, RunLedger, write_json_atomically
+from operators.lib.seg_output import AlgorithmInfo, build_binary_seg, build_probability_seg, write_dataset_atomically
+
+logger = logging.getLogger(__name__)
+
+PROBABILITY_SEG = "seg_probability.dcm"
+BINARY_SEG = "seg_binary.dcm"
+PREVIEW = "preview.png"
+RESULT = "result.json"
+
+
+def publish_folder(staging: Path, final: Path) -> None:
+    """Move a fully written staging folder to its final name; an older result is replaced whole."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
+class SegWriterOperator(Operator):
+    """Named input: ``final`` (FinalResult or StepFailure).
+
+    File output, under ``<output>/<case_id>/``: ``seg_probability.dcm`` (FRACTIONAL PROBABILITY SEG),
+    ``seg_binary.dcm`` (BINARY SEG: opacity, lung), ``preview.png``, ``result.json``. Files are
+    written into a hidden staging folder that is renamed into place when complete, so a crash never
+    leaves a partial result. A failed image gets only ``result.json`` with the reason.
+    """
+
+    INPUT = "final"
+
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, ledger: RunLedger, algorithm: AlgorithmInfo,
+                 model_versions: dict[str, Any], **kwargs):
+        self._output = Path(output_folder)
+        self._ledger = ledger
+        self._algorithm = algorithm
+        self._models = model_versions
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(self.INPUT)
+
+    def _staging(self, case_id: str) -> Path:
+        self._output.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".partial", dir=self._output))
+
+    def write(self, final: FinalResult) -> list[str]:
+        """Write one processed image's outputs; return their paths."""
+        started = time.perf_counter()
+        case = final.case
+        staging = self._staging(case.case_id)
+        try:
+            prob_seg = build_probability_seg(case.dataset, final.prob_map, self._algorithm)
+            binary_seg = build_binary_seg(case.dataset, final.opacity_mask, final.lung.mask, self._algorithm)
+            write_dataset_atomically(prob_seg, staging / PROBABILITY_SEG)
+            write_dataset_atomically(binary_seg, staging / BINARY_SEG)
+            title = f"{final.gate.mean_score:.2f} {'positive' if final.gate.positive else 'negative'} · {self._algorithm.preset}"
+            save_png_atomically(render_preview(case.pixels, final.prob_map, final.opacity_mask, title=title), staging / PREVIEW)
+            target = self._output / case.case_id
+            outputs = [str(target / name) for name in (PROBABILITY_SEG, BINARY_SEG, PREVIEW, RESULT)]
+            report = processed_report(final, self._algorithm.preset, self._models, outputs, time.perf_counter() - started)
+            write_json_atomically(report, staging / RESULT)
+            publish_folder(staging, target)
+            return outputs
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def write_failure(self, failure: StepFailure) -> list[str]:
+        staging = self._staging(failure.case.case_id)
+        try:
+            write_json_atomically(failed_report(failure, self._algorithm.preset, self._models), staging / RESULT)
+            publish_folder(staging, self._output / failure.case.case_id)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return [str(self._output / failure.case.case_id / RESULT)]
+
+    def compute(self, op_input, op_output, context) -> None:
+        item = op_input.receive(self.INPUT)
+        case = item.case
+        if isinstance(item, StepFailure):
+            reason = f"{case.path}: step {item.step} failed: {item.message}"
+            outputs = self.write_failure(item)
+            self._ledger.record(case.path, Outcome.FAILED, reason, case.case_id, outputs)
+            return
+        try:
+            outputs = self.write(item)
+        except Exception as exc:  # e.g. a full or read-only output folder: this image fails, the run goes on
+            logger.exception("Writing results for %s failed", case.path)
+            self._ledger.record(case.path, Outcome.FAILED, f"{case.path}: writing results failed ({type(exc).__name__}: {exc}).", case.case_id)
+            return
+        logger.info("Wrote %s → %s (%s, max p %.2f)", case.path, self._output / case.case_id,
+                    "positive" if item.gate.positive else "negative", float(item.prob_map.max()))
+        self._ledger.record(case.path, Outcome.PROCESSED, None, case.case_id, outputs)

@@ -1,0 +1,110 @@
+"""Step arithmetic on small hand-checkable cases."""
+
+import numpy as np
+import pytest
+
+from app.presets import PRESETS, get_preset
+from operators.lib.blending import (
+    LungPass,
+    blend_weights_from_logloss,
+    dilate_mask,
+    gate_is_positive,
+    lung_postprocess,
+    opacity_score,
+    weighted_blend,
+    zones_blend,
+)
+
+
+def test_zones_blend_gives_the_value_of_each_overlap_count():
+    maps = [np.array([[0.9, 0.9, 0.9, 0.9, 0.1]]), np.array([[0.9, 0.9, 0.9, 0.1, 0.1]]),
+            np.array([[0.9, 0.9, 0.1, 0.1, 0.1]]), np.array([[0.9, 0.1, 0.1, 0.1, 0.1]])]
+    out = zones_blend(maps, (0.0, 0.25, 0.5, 0.75, 1.0))
+    np.testing.assert_allclose(out, [[1.0, 0.75, 0.5, 0.25, 0.0]])
+    assert out.dtype == np.float32
+
+
+def test_zones_blend_counts_a_pixel_at_exactly_the_threshold():
+    out = zones_blend([np.array([[0.5]]), np.array([[0.4999]])], (0.0, 0.6, 0.9))
+    assert out[0, 0] == pytest.approx(0.6)
+
+
+def test_zones_blend_rejects_a_wrong_number_of_values():
+    with pytest.raises(ValueError, match="needs 3 values for 2 maps"):
+        zones_blend([np.zeros((2, 2)), np.zeros((2, 2))], (0.0, 1.0))
+
+
+def test_weights_are_inverse_logloss_normalised():
+    weights = blend_weights_from_logloss([0.5, 0.25, 1.0])
+    # 1/0.5=2, 1/0.25=4, 1/1=1 → 2/7, 4/7, 1/7
+    np.testing.assert_allclose(weights, [2 / 7, 4 / 7, 1 / 7])
+
+
+def test_weights_reject_nonpositive_logloss():
+    with pytest.raises(ValueError, match="finite and positive"):
+        blend_weights_from_logloss([0.5, 0.0])
+
+
+def test_weighted_blend_is_the_weighted_sum():
+    maps = [np.full((2, 2), 0.2), np.full((2, 2), 0.8)]
+    out = weighted_blend(maps, [0.25, 0.75])
+    np.testing.assert_allclose(out, np.full((2, 2), 0.2 * 0.25 + 0.8 * 0.75), rtol=1e-6)
+
+
+def test_weighted_blend_rejects_weights_not_summing_to_one():
+    with pytest.raises(ValueError, match="sum to 1"):
+        weighted_blend([np.zeros((1, 1))] * 2, [0.5, 0.6])
+
+
+def test_gate_uses_the_mean_of_the_scores():
+    assert gate_is_positive([0.2, 0.4, 0.6, 0.8], 0.5) == (True, pytest.approx(0.5))
+    assert gate_is_positive([0.2, 0.4, 0.6, 0.7], 0.5)[0] is False
+
+
+def test_opacity_score_is_the_mean_of_the_top_percent():
+    prob = np.zeros((10, 10), dtype=np.float32)
+    prob[0, 0] = 1.0  # top 1% of 100 pixels = 1 pixel
+    assert opacity_score(prob) == pytest.approx(1.0)
+    prob = np.zeros((20, 20), dtype=np.float32)
+    prob[0, 0], prob[0, 1], prob[0, 2], prob[0, 3] = 1.0, 0.5, 0.5, 0.2  # top 4 of 400
+    assert opacity_score(prob) == pytest.approx((1.0 + 0.5 + 0.5 + 0.2) / 4)
+
+
+def test_dilation_grows_a_point_into_a_disc():
+    mask = np.zeros((7, 7), dtype=bool)
+    mask[3, 3] = True
+    out = dilate_mask(mask, 2)
+    assert out.sum() == 13  # disc of radius 2: 1 + 4 + 8
+    assert out[3, 1] and out[1, 3] and not out[1, 1]
+    assert dilate_mask(mask, 0).sum() == 1
+
+
+def test_lung_postprocess_raises_lungs_and_background():
+    prob = np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 0.9]], dtype=np.float32)
+    lung = np.array([[False, False, True, False, False, False]])
+    out = lung_postprocess(prob, lung, [LungPass(2, 0.1), LungPass(0, 0.3)], background=0.05)
+    # background 0.05; dilation 2 around index 2 covers 0..4 → 0.1; lung pixel itself 0.3; 0.9 kept
+    np.testing.assert_allclose(out, [[0.1, 0.1, 0.3, 0.1, 0.1, 0.9]])
+
+
+def test_submission_presets_have_the_write_up_values():
+    s1, s2, s3 = PRESETS["zones"], PRESETS["weighted"], PRESETS["zones-low"]
+    assert (s1.blend.value, s2.blend.value, s3.blend.value) == ("zones", "weighted", "zones")
+    assert (s1.lung_prior.lung_value_positive, s1.lung_prior.lung_value_negative) == (0.3, 0.1)
+    assert (s1.lung_prior.background_positive, s1.lung_prior.background_negative) == (0.05, 0.05)
+    assert s2.lung_prior == s1.lung_prior
+    assert (s3.lung_prior.lung_value_positive, s3.lung_prior.lung_value_negative) == (0.15, 0.05)
+    assert (s3.lung_prior.background_positive, s3.lung_prior.background_negative) == (0.05, 0.0)
+
+
+def test_lung_prior_passes_for_positive_and_negative_studies():
+    prior = PRESETS["zones"].lung_prior
+    passes, background = prior.passes(positive=True, shorter_side_px=1000)
+    assert [(p.dilation_px, p.value) for p in passes] == [(50, 0.1), (20, 0.3)] and background == 0.05
+    passes, background = PRESETS["zones-low"].lung_prior.passes(positive=False, shorter_side_px=1000)
+    assert [(p.dilation_px, p.value) for p in passes] == [(20, 0.05)] and background == 0.0
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="Choose one of: zones, weighted, zones-low"):
+        get_preset("submission-4")

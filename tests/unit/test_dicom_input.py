@@ -1,0 +1,102 @@
+"""DICOM input rules and pixel decoding, on the real files in shared/data/dicom."""
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from operators.lib.dicom_input import check_chest_radiograph, decode_pixels, find_input_files, load_cxr, read_dicom
+from operators.lib.errors import InputRejected
+
+DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
+pytestmark = pytest.mark.skipif(not DICOM.is_dir(), reason="shared/data/dicom is not beside the checkout")
+
+
+def test_rsna_cr_decodes_to_unit_range():
+    path = sorted((DICOM / "rsna").glob("*.dcm"))[0]
+    cxr = load_cxr(path, "case")
+    assert cxr.shape == (1024, 1024)
+    assert cxr.pixels.dtype == np.float32
+    assert cxr.pixels.min() == 0.0 and cxr.pixels.max() == 1.0
+    assert "PixelData" not in cxr.dataset
+
+
+@pytest.mark.parametrize("name", ["UNCR", "J2KR"])
+def test_monochrome1_rg1_is_inverted_so_lungs_are_dark(name):
+    cxr = load_cxr(DICOM / "misc" / f"nema_wg04_RG1_{name}.dcm", "rg1")
+    rows, cols = cxr.shape
+    # MONOCHROME2 sense after inversion: the mediastinum (centre column) is brighter than the lung fields
+    centre = cxr.pixels[rows // 3 : 2 * rows // 3, cols // 2 - 40 : cols // 2 + 40].mean()
+    lungs = np.mean([cxr.pixels[rows // 3 : 2 * rows // 3, c - 40 : c + 40].mean() for c in (cols // 4, 3 * cols // 4)])
+    assert centre > lungs + 0.05
+
+
+def test_jpeg2000_lossless_equals_uncompressed():
+    a = load_cxr(DICOM / "misc" / "nema_wg04_RG1_UNCR.dcm", "a").pixels
+    b = load_cxr(DICOM / "misc" / "nema_wg04_RG1_J2KR.dcm", "b").pixels
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nih_dx_secondary_capture_is_accepted_with_warnings():
+    path = next((DICOM / "misc").glob("nih_*.dcm"))
+    cxr = load_cxr(path, "nih")
+    assert any("BodyPartExamined is absent" in w for w in cxr.warnings)
+    assert any("ViewPosition is absent" in w for w in cxr.warnings)
+
+
+def test_abdomen_secondary_capture_is_refused_with_its_name():
+    path = DICOM / "misc" / "non_chest" / "nhsx_sample_abdomen_OT.dcm"
+    with pytest.raises(InputRejected, match=r"nhsx_sample_abdomen_OT\.dcm: Modality OT secondary capture"):
+        load_cxr(path, "x")
+
+
+def test_animal_thorax_is_refused():
+    path = DICOM / "misc" / "non_chest" / "highdicom_dx_image_animal_thorax.dcm"
+    with pytest.raises(InputRejected, match=r"highdicom_dx_image_animal_thorax\.dcm: .*veterinary"):
+        load_cxr(path, "x")
+
+
+def test_non_dicom_file_is_rejected(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(InputRejected, match="notes.txt: not a DICOM file"):
+        read_dicom(path)
+
+
+def _rsna_header() -> pydicom.Dataset:
+    return pydicom.dcmread(sorted((DICOM / "rsna").glob("*.dcm"))[0])
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"ViewPosition": "LL"}, "ViewPosition is 'LL'"),
+        ({"Modality": "CT"}, "Modality is 'CT'"),
+        ({"BodyPartExamined": "ABDOMEN"}, "BodyPartExamined is 'ABDOMEN'"),
+        ({"SeriesDescription": "CHEST LATERAL"}, "lateral or oblique"),
+        ({"PatientSpeciesDescription": "Canis lupus familiaris"}, "only human"),
+        ({"NumberOfFrames": 3}, "has 3 frames"),
+        ({"Rows": 16, "Columns": 16}, "16×16 px"),
+    ],
+)
+def test_header_rules_refuse_with_a_reason(edit, message, tmp_path):
+    ds = _rsna_header()
+    for keyword, value in edit.items():
+        setattr(ds, keyword, value)
+    with pytest.raises(InputRejected, match=message):
+        check_chest_radiograph(ds, tmp_path / "x.dcm")
+
+
+def test_constant_image_is_an_error_not_an_empty_image(tmp_path):
+    ds = pydicom.dcmread(DICOM / "misc" / "nema_wg04_RG1_UNCR.dcm")
+    ds.PixelData = bytes(len(ds.PixelData))
+    with pytest.raises(InputRejected, match="constant image"):
+        decode_pixels(ds, tmp_path / "zero.dcm")
+
+
+def test_find_input_files_is_recursive_and_sorted(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.dcm").write_bytes(b"x")
+    (tmp_path / "1.dcm").write_bytes(b"x")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_input_files(tmp_path)] == ["1.dcm", "b/2.dcm"]
