@@ -23,6 +23,23 @@ logger = logging.getLogger("app")
 SUMMARY_NAME = "summary.json"
 
 
+def configured_preset(config_path: Path | None = None) -> str:
+    """Preset from CXR_OPACITY_PRESET, else app.yaml's ``cxr_opacity.preset`` (HOLOSCAN_CONFIG_PATH or
+    ./app.yaml beside the app), else the default."""
+    if os.environ.get("CXR_OPACITY_PRESET"):
+        return os.environ["CXR_OPACITY_PRESET"]
+    candidates = [config_path] if config_path else [Path(p) for p in (os.environ.get("HOLOSCAN_CONFIG_PATH", ""),) if p]
+    candidates.append(Path(__file__).resolve().parents[1] / "app.yaml")
+    for path in candidates:
+        if path.is_file():
+            import yaml
+
+            preset = ((yaml.safe_load(path.read_text()) or {}).get("cxr_opacity") or {}).get("preset")
+            if preset:
+                return str(preset)
+    return DEFAULT_PRESET
+
+
 def _device(value: str) -> str:
     if value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
@@ -36,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", help="output folder (default: $HOLOSCAN_OUTPUT_PATH or ./output)")
     parser.add_argument("-m", "--model", help="models folder with manifest.json (default: $HOLOSCAN_MODEL_PATH or ./models)")
     parser.add_argument("-l", "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARN", "ERROR"])
-    parser.add_argument("--preset", default=os.environ.get("CXR_OPACITY_PRESET", DEFAULT_PRESET), choices=sorted(PRESETS),
-                        help=f"write-up submission to reproduce (default {DEFAULT_PRESET}; env CXR_OPACITY_PRESET)")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help=f"write-up submission to reproduce (default: $CXR_OPACITY_PRESET, else app.yaml, else {DEFAULT_PRESET})")
     parser.add_argument("--device", default="cpu", type=_device, help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core (default)")
     parser.add_argument("--mirroring", action="store_true", help="nnU-Net test-time mirroring (about 4× slower on CPU)")
@@ -72,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, "WARNING" if args.log_level == "WARN" else args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every copied module at INFO
     if args.list_presets:
         for name, preset in PRESETS.items():
             print(f"{name:10s} {preset.description}")
@@ -94,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         logger.error("--device %s requested but CUDA is not available; use --device cpu.", args.device)
         return int(ExitCode.CONFIGURATION)
-    preset = get_preset(args.preset, nnunet_mirroring=args.mirroring) if args.mirroring else get_preset(args.preset)
+    try:
+        preset_name = args.preset or configured_preset()
+        preset = get_preset(preset_name, nnunet_mirroring=True) if args.mirroring else get_preset(preset_name)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return int(ExitCode.CONFIGURATION)
 
     from app.model_store import load_models
 

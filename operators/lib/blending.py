@@ -77,14 +77,20 @@ def weighted_blend(prob_maps: Sequence[np.ndarray], weights: Sequence[float]) ->
     return np.clip(out, 0.0, 1.0)
 
 
-def dilate_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
-    """Binary dilation by a disc of ``radius_px`` pixels (0 returns a copy)."""
+def distance_to_mask(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (px) of every pixel to the nearest mask pixel (0 inside; inf if the mask is empty)."""
     mask = np.asarray(mask, dtype=bool)
-    if radius_px <= 0:
-        return mask.copy()
-    y, x = np.ogrid[-radius_px : radius_px + 1, -radius_px : radius_px + 1]
-    disc = x * x + y * y <= radius_px * radius_px
-    return ndimage.binary_dilation(mask, structure=disc)
+    if not mask.any():
+        return np.full(mask.shape, np.inf, dtype=np.float32)
+    return ndimage.distance_transform_edt(~mask).astype(np.float32)
+
+
+def dilate_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Binary dilation by a disc of ``radius_px`` pixels (x² + y² ≤ r²); 0 returns a copy.
+
+    Computed with a Euclidean distance transform: linear in the image size whatever the radius.
+    """
+    return distance_to_mask(mask) <= radius_px
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ def lung_postprocess(prob_map: np.ndarray, lung_mask: np.ndarray, passes: Sequen
     Passes apply in order; since each only raises values, the result is the pixel-wise maximum.
     """
     out = np.maximum(np.asarray(prob_map, dtype=np.float32), np.float32(background))
+    distance = distance_to_mask(lung_mask)
     for lung_pass in passes:
-        region = dilate_mask(lung_mask, lung_pass.dilation_px)
+        region = distance <= lung_pass.dilation_px
         out = np.where(region, np.maximum(out, np.float32(lung_pass.value)), out)
     return out.astype(np.float32)

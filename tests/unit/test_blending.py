@@ -108,3 +108,15 @@ def test_lung_prior_passes_for_positive_and_negative_studies():
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="Choose one of: zones, weighted, zones-low"):
         get_preset("submission-4")
+
+
+def test_dilation_by_distance_equals_dilation_by_a_disc_structure():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((60, 70)) > 0.995
+    for radius in (1, 3, 7):
+        y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+        expected = ndimage.binary_dilation(mask, structure=x * x + y * y <= radius * radius)
+        np.testing.assert_array_equal(dilate_mask(mask, radius), expected)
+    assert not dilate_mask(np.zeros((5, 5), bool), 3).any()
