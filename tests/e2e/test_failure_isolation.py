@@ -1,0 +1,46 @@
+"""One image failing in a pipeline step never costs another image its result (in-process app run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from app.cli import main
+from operators.lib.segmenters import ConvNextFpnSegmenter
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_failing_step_fails_one_image_and_the_others_finish(tmp_path, shared_dicom, random_pack, monkeypatch):
+    input_folder = tmp_path / "in"
+    input_folder.mkdir()
+    rsna = sorted((shared_dicom / "rsna").glob("*.dcm"))
+    for index, path in enumerate(rsna[:3]):
+        shutil.copy(path, input_folder / f"{index}.dcm")
+    original = ConvNextFpnSegmenter.predict_square
+    calls = {"n": 0}
+
+    def flaky(self, square_image):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second image (1.dcm, sorted order)
+            raise RuntimeError("simulated model crash")
+        return original(self, square_image)
+
+    monkeypatch.setattr(ConvNextFpnSegmenter, "predict_square", flaky)
+    output = tmp_path / "out"
+    code = main(["-i", str(input_folder), "-o", str(output), "-m", str(random_pack)])
+    assert code == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["counts"] == {"processed": 2, "refused": 0, "skipped": 0, "failed": 1}
+    failed = next(r for r in summary["files"] if r["outcome"] == "failed")
+    assert failed["path"].endswith("1.dcm")
+    assert "expert:convnext_fpn_clip_336" in failed["reason"] and "simulated model crash" in failed["reason"]
+    result = json.loads((output / failed["case_id"] / "result.json").read_text())
+    assert result["status"] == "failed" and result["failed_step"] == "expert:convnext_fpn_clip_336"
+    assert sorted(p.name for p in (output / failed["case_id"]).iterdir()) == ["result.json"]
+    for record in summary["files"]:
+        if record["outcome"] == "processed":
+            assert (output / record["case_id"] / "seg_probability.dcm").is_file()
+    assert not list(output.glob(".*partial*"))
