@@ -105,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("Output folder %s cannot be created: %s", output_folder, exc)
         return int(ExitCode.CONFIGURATION)
 
+    # Thread settings, deliberately: the graph runs one operator at a time, so torch's intra-op pool
+    # gets every core (or --threads); nnU-Net predicts in this process, with no worker processes.
+    os.environ.setdefault("nnUNet_def_n_proc", "1")
     import torch
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads if args.threads > 0 else max(1, len(os.sched_getaffinity(0))))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         logger.error("--device %s requested but CUDA is not available; use --device cpu.", args.device)
         return int(ExitCode.CONFIGURATION)

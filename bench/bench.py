@@ -1,0 +1,287 @@
+"""Benchmark: the app on real DICOMs repeated to N studies, against bare model forwards and the naive path.
+
+    python -m bench.bench --profile production --studies 8 [--threads 2] [--naive-studies 2]
+
+Profiles: ``production`` (production-size architectures, random weights; built once into
+~/.cache/cxr-bench), ``random`` (the tiny test pack), or ``--models DIR`` (e.g. the reference pack).
+Writes ``bench/results/<profile>.json`` and ``.md`` (medians over studies/repeats) so runs can be
+compared across commits. A benchmark, not a test: it asserts nothing, it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import numpy as np
+import psutil
+import pydicom
+from pydicom.uid import generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DICOM = REPO.parent / "shared" / "data" / "dicom"
+CACHE = Path(os.environ.get("CXR_BENCH_CACHE", Path.home() / ".cache" / "cxr-bench"))
+
+
+def chest_sources(shared: Path = SHARED_DICOM) -> list[Path]:
+    """The real chest DICOMs of shared/data/dicom (not the non-chest ones, one RG1 encoding)."""
+    files = sorted((shared / "rsna").glob("*.dcm")) + [shared / "misc" / "nema_wg04_RG1_J2KR.dcm"]
+    files += sorted((shared / "misc").glob("nih_*.dcm")) + sorted((shared / "misc").glob("siim_*.dcm"))
+    return [f for f in files if f.is_file()]
+
+
+def make_studies(sources: list[Path], count: int, folder: Path) -> list[Path]:
+    """Copies of ``sources`` cycled to ``count`` files, each its own study (new Study/Series/SOP UIDs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for index in range(count):
+        ds = pydicom.dcmread(sources[index % len(sources)])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / f"study_{index:04d}.dcm"
+        ds.save_as(path)
+        out.append(path)
+    return out
+
+
+def _rss_after_first_and_last(trace: list[tuple[float, int, int]]) -> list[float]:
+    """RSS (MB) when the first result appeared and at the last live sample: flat memory means these match."""
+    live = [t for t in trace if t[2] > 0]
+    if not live:
+        return []
+    first = next((t for t in live if t[1] >= 1), live[0])
+    return [round(first[2] / 2**20, 1), round(live[-1][2] / 2**20, 1)]
+
+
+def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str, mirroring: bool) -> dict[str, Any]:
+    """Run ``python -m app`` once; cold start, per-study wall times, per-step medians, peak RSS."""
+    command = [sys.executable, "-m", "app", "-i", str(inputs), "-o", str(output), "-m", str(models), "--preset", preset,
+               "--threads", str(threads), "-l", "WARN"] + (["--mirroring"] if mirroring else [])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    process = subprocess.Popen(["bash", "-c", 'ulimit -s 32768; exec "$@"', "bash", *command], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watcher = psutil.Process(process.pid)
+    peak_rss, first_output, rss_trace = 0, None, []
+    while process.poll() is None:
+        try:
+            rss = sum(p.memory_info().rss for p in [watcher, *watcher.children(recursive=True)])
+        except psutil.Error:
+            rss = 0
+        peak_rss = max(peak_rss, rss)
+        done = len(list(output.glob("*/result.json"))) if output.exists() else 0
+        rss_trace.append((round(time.perf_counter() - started, 2), done, rss))
+        if first_output is None and done:
+            first_output = time.perf_counter() - started
+        time.sleep(0.1)
+    total = time.perf_counter() - started
+    stderr = process.stderr.read() if process.stderr else ""
+    if process.returncode != 0:
+        raise RuntimeError(f"app exited {process.returncode}: {stderr[-2000:]}")
+    results = [json.loads(p.read_text()) for p in output.glob("*/result.json")]
+    stamps = sorted(p.stat().st_mtime for p in output.glob("*/result.json"))
+    warm = [b - a for a, b in zip(stamps, stamps[1:])]
+    steps: dict[str, list[float]] = {}
+    for result in results:
+        for step, seconds in result.get("timings_s", {}).items():
+            key = step.split(":")[0] if step.split(":")[0] in ("classifier", "lung", "refinement") else step
+            steps.setdefault(key, []).append(seconds)
+    return {
+        "studies": len(results),
+        "total_s": round(total, 2),
+        "cold_start_s": round(first_output or float("nan"), 2),
+        "warm_study_s_median": round(median(warm), 3) if warm else None,
+        "warm_study_s_all": [round(w, 3) for w in warm],
+        "steps_s_median": {k: round(median(v), 4) for k, v in sorted(steps.items())},
+        "refined_crops_median": median(len(r.get("refined_boxes", [])) for r in results) if results else 0,
+        "peak_rss_mb": round(peak_rss / 2**20, 1),
+        "rss_mb_after_first_and_last": _rss_after_first_and_last(rss_trace),
+    }
+
+
+def bare_forwards(models_dir: Path, threads: int, repeats: int, mirroring: bool) -> dict[str, float]:
+    """Median seconds of each network's forward pass alone (same threads; inputs of the real sizes)."""
+    import torch
+
+    from app.model_store import load_models
+
+    torch.set_num_threads(threads)
+    models = load_models(models_dir, nnunet_mirroring=mirroring)
+    timings: dict[str, float] = {}
+
+    def clock(name: str, fn) -> None:
+        fn()  # warm-up
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - started)
+        timings[name] = median(samples)
+
+    with torch.inference_mode():
+        cls = models.classifier
+        x = torch.zeros(1, 1, cls.input_size_px, cls.input_size_px)
+        clock("classifier", lambda: cls.network(x))
+        for expert in models.experts + [models.refinement]:
+            size = expert.input_size_px
+            if hasattr(expert, "predictor"):
+                net = expert.predictor.network.eval()
+                tile = torch.zeros(1, 1, size, size)
+                flips = [(), (2,), (3,), (2, 3)] if mirroring else [()]
+                clock(expert.name if expert is not models.refinement else "refinement",
+                      lambda net=net, tile=tile, flips=flips: [net(torch.flip(tile, f) if f else tile) for f in flips])
+            else:
+                tensor = torch.zeros(1, 3, size, size)
+                clock(expert.name, lambda net=expert.network, tensor=tensor: net(tensor))
+        lung = models.lung
+        size = lung.input_size_px
+        shape = (1, 1, size, size)
+        clock("lung", lambda: lung.network(torch.zeros(shape)))
+    return {k: round(v, 4) for k, v in timings.items()}
+
+
+def naive_path(models_dir: Path, studies: list[Path], workdir: Path, threads: int) -> dict[str, Any]:
+    """The same maps the way a user would make them without this project, per study: each nnU-Net via
+    ``nnUNetv2_predict_from_modelfolder`` on a PNG (a process per model, as its CLI works), the
+    torchxrayvision models through xrv's own preprocessing. Compared with our in-process wrappers."""
+    import torch
+    from PIL import Image
+
+    from app.model_store import ModelRole, load_models, read_manifest
+    from operators.lib.dicom_input import load_cxr
+    from operators.lib.preprocessing import resize
+
+    torch.set_num_threads(threads)
+    manifest = read_manifest(models_dir)
+    models = load_models(models_dir)
+    nnunets = [card for card in manifest.models if card.architecture.value == "nnunet-2d" and card.role is not ModelRole.REFINEMENT]
+    per_study = []
+    for study in studies:
+        cxr = load_cxr(study, "bench")
+        row: dict[str, Any] = {"study": study.name, "naive_s": 0.0, "ours_s": 0.0, "max_abs_diff": {}}
+        for card in nnunets:
+            ours_model = next(e for e in models.experts if e.name == card.name)
+            size = card.input_size_px
+            image8 = np.clip(np.round(resize(cxr.pixels, (size, size)) * 255), 0, 255).astype(np.uint8)
+            folder_in, folder_out = workdir / f"{card.name}_in", workdir / f"{card.name}_out"
+            shutil.rmtree(folder_in, ignore_errors=True)
+            shutil.rmtree(folder_out, ignore_errors=True)
+            folder_in.mkdir(parents=True)
+            Image.fromarray(image8).save(folder_in / "case_0000.png")
+            started = time.perf_counter()
+            subprocess.run(["nnUNetv2_predict_from_modelfolder", "-i", str(folder_in), "-o", str(folder_out), "-m",
+                            str(models_dir / card.name), "-f", "0", "--save_probabilities", "--disable_tta", "-npp", "1", "-nps", "1",
+                            "-device", "cpu", "--disable_progress_bar"], check=True, capture_output=True,
+                           env={**os.environ, "OMP_NUM_THREADS": str(threads), "nnUNet_def_n_proc": "1"})
+            row["naive_s"] += time.perf_counter() - started
+            naive = np.load(folder_out / "case.npz")["probabilities"][1, 0]
+            started = time.perf_counter()
+            ours = ours_model.predict_square(image8.astype(np.float32) / 255.0)
+            row["ours_s"] += time.perf_counter() - started
+            row["max_abs_diff"][card.name] = float(np.abs(naive - ours).max())
+        # torchxrayvision DenseNet through xrv's own preprocessing (skimage resize) vs ours (torch antialias)
+        import torchxrayvision as xrv
+
+        started = time.perf_counter()
+        model = xrv.models.DenseNet(weights="densenet121-res224-all", cache_dir=str(models_dir / manifest.by_role(ModelRole.CLASSIFIER)[0].name))
+        img = xrv.datasets.normalize((cxr.pixels * 255).astype(np.float32), 255)[None]
+        img = xrv.datasets.XRayResizer(224)(xrv.datasets.XRayCenterCrop()(img))
+        with torch.inference_mode():
+            naive_score = float(model(torch.from_numpy(img)[None])[0, model.targets.index("Lung Opacity")])
+        row["naive_s"] += time.perf_counter() - started
+        started = time.perf_counter()
+        ours_score = models.classifier.predict(cxr.pixels)
+        row["ours_s"] += time.perf_counter() - started
+        row["max_abs_diff"]["xrv_densenet121_all (score)"] = abs(naive_score - ours_score)
+        row["naive_s"], row["ours_s"] = round(row["naive_s"], 3), round(row["ours_s"], 3)
+        per_study.append(row)
+    return {"per_study": per_study, "naive_s_median": median(r["naive_s"] for r in per_study),
+            "ours_s_median": median(r["ours_s"] for r in per_study)}
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    app, bare = report["app"], report["bare_forward_s"]
+    lines = [f"# Benchmark: {report['profile']} ({report['date']})", "",
+             f"Machine: {report['machine']}. Threads: {report['threads']}. Preset: {report['preset']}, mirroring "
+             f"{'on' if report['mirroring'] else 'off'}. Studies: {app['studies']}.", "",
+             "| measure | value |", "|---|---|",
+             f"| cold start (process start → first output) | {app['cold_start_s']} s |",
+             f"| warm time per study (median) | {app['warm_study_s_median']} s |",
+             f"| sum of bare forwards per study | {report['bare_sum_per_study_s']} s |",
+             f"| overhead ratio (warm / bare sum; target ≤ 1.10) | {report['overhead_ratio']} |",
+             f"| peak RSS | {app['peak_rss_mb']} MB |",
+             f"| RSS after first output → at end | {' → '.join(str(v) for v in app['rss_mb_after_first_and_last'])} MB |"]
+    if report.get("naive"):
+        naive = report["naive"]
+        lines += [f"| naive path per study (nnUNetv2_predict + xrv preprocessing), median | {naive['naive_s_median']:.2f} s |",
+                  f"| same maps through this project's wrappers, median | {naive['ours_s_median']:.2f} s |",
+                  f"| speed-up vs naive, same models (target ≥ 2) | {naive['naive_s_median'] / max(naive['ours_s_median'], 1e-9):.1f}× |",
+                  f"| largest difference, nnU-Net maps | {max(max(v for k, v in r['max_abs_diff'].items() if 'score' not in k) for r in naive['per_study']):.2e} |",
+                  f"| largest difference, xrv score (xrv's skimage resize vs ours) | {max(r['max_abs_diff'].get('xrv_densenet121_all (score)', 0) for r in naive['per_study']):.2e} |"]
+    lines += ["", "Per step, median seconds per study:", "", "| step | s |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in app["steps_s_median"].items()]
+    lines += ["", "Bare forward passes alone, median seconds:", "", "| model | s |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in bare.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=["production", "random"], default="production")
+    parser.add_argument("--models", type=Path, help="a models folder to benchmark instead of a profile (e.g. the reference pack)")
+    parser.add_argument("--studies", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each bare forward")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--preset", default="zones")
+    parser.add_argument("--mirroring", action="store_true")
+    parser.add_argument("--naive-studies", type=int, default=2, help="studies run through the naive path (0 = skip)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+
+    if args.models:
+        models, profile = args.models, args.models.name
+    elif args.profile == "production":
+        from bench.production_pack import build_production_pack
+
+        models, profile = build_production_pack(CACHE / "production"), "production"
+    else:
+        from tools.random_model_pack import build_random_pack
+
+        models, profile = build_random_pack(CACHE / "random"), "random"
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-") as temporary:
+        work = Path(temporary)
+        studies = make_studies(chest_sources(), args.studies, work / "in")
+        print(f"Running the app on {len(studies)} studies with {profile} models…", flush=True)
+        app = run_app(models, work / "in", work / "out", args.threads, args.preset, args.mirroring)
+        print("Timing bare forward passes…", flush=True)
+        bare = bare_forwards(models, args.threads, args.repeats, args.mirroring)
+        naive = naive_path(models, studies[: args.naive_studies], work / "naive", args.threads) if args.naive_studies else None
+    bare_sum = sum(v for k, v in bare.items() if k != "refinement") + bare.get("refinement", 0) * app["refined_crops_median"]
+    report = {
+        "profile": profile, "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "preset": args.preset,
+        "mirroring": args.mirroring,
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, "
+                   f"{platform.processor() or platform.platform()}",
+        "app": app, "bare_forward_s": bare, "bare_sum_per_study_s": round(bare_sum, 3),
+        "overhead_ratio": round(app["warm_study_s_median"] / bare_sum, 3) if app["warm_study_s_median"] else None,
+        "naive": naive,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{profile}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{profile}.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+
+
+if __name__ == "__main__":
+    main()
