@@ -46,6 +46,15 @@ _INFERNO_ANCHORS = np.array(
 ) / 255.0
 
 
+def _ramp_lut(entries: int = 1024) -> np.ndarray:
+    positions = np.linspace(0.0, 1.0, len(_INFERNO_ANCHORS), dtype=np.float32)
+    grid = np.linspace(0.0, 1.0, entries, dtype=np.float32)
+    return np.stack([np.interp(grid, positions, _INFERNO_ANCHORS[:, c]) for c in range(3)], axis=-1).astype(np.float32)
+
+
+_RAMP_LUT = _ramp_lut()
+
+
 def colour_ramp(values: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] to RGB with the inferno ramp.
 
@@ -60,9 +69,8 @@ def colour_ramp(values: np.ndarray) -> np.ndarray:
         float32, shape ``values.shape + (3,)``, in [0, 1].
     """
     v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)
-    positions = np.linspace(0.0, 1.0, len(_INFERNO_ANCHORS), dtype=np.float32)
-    channels = [np.interp(v, positions, _INFERNO_ANCHORS[:, c]) for c in range(3)]
-    return np.stack(channels, axis=-1).astype(np.float32)
+    # a 1024-entry lookup table: one interpolation per entry, then indexing (fast on big images)
+    return _RAMP_LUT[np.rint(v * (len(_RAMP_LUT) - 1)).astype(np.intp)]
 
 
 def _output_size(shape: tuple[int, int], max_side_px: int) -> tuple[int, int]:
@@ -169,7 +177,7 @@ def save_png_atomically(img: Image.Image, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o644)  # mkstemp creates 0600
-            img.save(handle, format="PNG")
+            img.save(handle, format="PNG", compress_level=3)  # a preview: speed over the last bytes
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
