@@ -194,8 +194,15 @@ class LoadedModels:
     load_seconds: dict[str, float]
 
     def versions(self) -> dict[str, dict[str, str]]:
-        """Name → version and the sha256 of its first file, for reports."""
-        return {card.name: {"version": card.version, "architecture": card.architecture.value} for card in self.manifest.models}
+        """Name → version, architecture and a fingerprint of its files' sha256s, for reports."""
+        return {
+            card.name: {
+                "version": card.version,
+                "architecture": card.architecture.value,
+                "fingerprint": hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(card.files.items())).encode()).hexdigest()[:16],
+            }
+            for card in self.manifest.models
+        }
 
 
 def _build(card: ModelCard, folder: Path, device: torch.device, nnunet_mirroring: bool, nnunet_tile_step: float) -> Any:

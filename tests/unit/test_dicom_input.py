@@ -100,3 +100,30 @@ def test_find_input_files_is_recursive_and_sorted(tmp_path):
     (tmp_path / "b" / "2.dcm").write_bytes(b"x")
     (tmp_path / "1.dcm").write_bytes(b"x")
     assert [p.relative_to(tmp_path).as_posix() for p in find_input_files(tmp_path)] == ["1.dcm", "b/2.dcm"]
+
+
+@pytest.mark.parametrize("syntax_name", ["JPEGLSLossless", "RLELossless", "JPEG2000Lossless"])
+def test_lossless_transfer_syntaxes_decode_to_the_uncompressed_pixels(syntax_name, tmp_path):
+    import pydicom.uid
+
+    source = DICOM / "misc" / "nema_wg04_RG1_UNCR.dcm"
+    ds = pydicom.dcmread(source)
+    ds.compress(getattr(pydicom.uid, syntax_name))
+    path = tmp_path / f"rg1_{syntax_name}.dcm"
+    ds.save_as(path)
+    np.testing.assert_array_equal(load_cxr(path, "x").pixels, load_cxr(source, "y").pixels)
+
+
+def test_jpeg_lossless_process14_decodes(tmp_path):
+    """JPEG Lossless (process 14, SV1) as CR archives send it, encoded by dcmtk's dcmcjpeg when present."""
+    import shutil
+    import subprocess
+
+    encoder = shutil.which("dcmcjpeg")
+    if encoder is None:
+        pytest.skip("dcmtk's dcmcjpeg is not installed")
+    source = DICOM / "misc" / "nema_wg04_RG1_UNCR.dcm"
+    path = tmp_path / "rg1_jpeg_lossless.dcm"
+    subprocess.run([encoder, "+e1", str(source), str(path)], check=True, capture_output=True)
+    assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    np.testing.assert_array_equal(load_cxr(path, "x").pixels, load_cxr(source, "y").pixels)
