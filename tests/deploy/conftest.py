@@ -1,0 +1,30 @@
+"""Deployment fixtures: a random model pack (real on-disk formats) and a small real-DICOM input folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def deploy_models(tmp_path_factory) -> Path:
+    """The repo's models/ when it holds a manifest, else a random pack (what the MAP is built with)."""
+    repo_models = Path(__file__).resolve().parents[2] / "models"
+    if (repo_models / "manifest.json").is_file():
+        return repo_models
+    from tools.random_model_pack import build_random_pack
+
+    return build_random_pack(tmp_path_factory.mktemp("deploy_models") / "pack")
+
+
+@pytest.fixture(scope="session")
+def two_studies(shared_dicom_dir, tmp_path_factory) -> Path:
+    """Two real chest radiographs from two studies: an RSNA CR (JPEG baseline) and the NIH DX secondary capture."""
+    folder = tmp_path_factory.mktemp("two_studies")
+    for path in (next(shared_dicom_dir.glob("rsna/00436515-*.dcm")), next(shared_dicom_dir.glob("misc/nih_*.dcm"))):
+        shutil.copy(path, folder / path.name)
+        (folder / path.name).chmod(0o644)
+    folder.chmod(0o755)
+    return folder
