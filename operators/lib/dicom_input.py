@@ -3,6 +3,11 @@
 Every rule that decides whether a file is processed lives here, as data at the top of the module,
 and every refusal is an :class:`InputRejected` whose message names the file and the reason.
 
+A truncated file is refused too: pydicom only warns when a file ends early and keeps what it
+read, so :func:`read_dicom` checks that the last element is whole. A header value that cannot be
+parsed at all is a refusal naming the element, never an unexpected exception
+(``tests/reliability/test_loader_fuzz.py`` fuzzes this with mutated headers).
+
 Pixel convention of a decoded :class:`CxrImage`: float32, H×W, values in [0, 1], MONOCHROME2 sense
 (0 = black = air, 1 = white = bone), after the modality LUT, the VOI LUT or window when the file has
 one, and MONOCHROME1 inversion.
@@ -11,6 +16,7 @@ one, and MONOCHROME1 inversion.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +25,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from operators.lib.errors import InputRejected
@@ -95,39 +103,144 @@ def find_input_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def read_dicom(path: Path) -> Dataset:
-    """Read a DICOM file (header and pixels); raise InputRejected if it is not DICOM."""
-    try:
-        return pydicom.dcmread(path)
+#: Reason prefixes; the input operator files a refusal that starts with one of these as "skipped".
+NOT_DICOM = "not a DICOM file"
+UNREADABLE = "unreadable DICOM file"
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _dcmread(path: Path, **kwargs) -> Dataset:
+    try:  # on a premature end of file pydicom only warns and carries on: read_dicom checks for it
+        return pydicom.dcmread(path, **kwargs)
     except InvalidDicomError as exc:
-        raise InputRejected(f"{path}: not a DICOM file ({exc}).") from exc
+        raise InputRejected(f"{path}: {NOT_DICOM} ({exc}).") from exc
     except Exception as exc:  # pydicom raises many types on truncated/garbled files
-        raise InputRejected(f"{path}: unreadable DICOM file ({type(exc).__name__}: {exc}).") from exc
+        raise InputRejected(f"{path}: {UNREADABLE} ({type(exc).__name__}: {exc}).") from exc
+
+
+def _short_last_element(ds: Dataset) -> tuple[str, int, int] | None:
+    """(keyword or tag, bytes present, bytes declared) when the data set's last element was cut short.
+
+    pydicom reads a value with one ``read(length)`` and keeps whatever came back, so a file cut
+    inside a value parses "successfully" with a short last value (often Pixel Data).
+    """
+    tags = sorted(ds.keys())
+    if not tags:
+        return None
+    raw = ds.get_item(tags[-1])
+    length = getattr(raw, "length", None)
+    value = getattr(raw, "value", None)
+    if isinstance(value, bytes) and isinstance(length, int) and length != _UNDEFINED_LENGTH and len(value) < length:
+        tag = tags[-1]
+        return (pydicom.datadict.keyword_for_tag(tag) or str(tag)), len(value), length
+    return None
+
+
+def read_dicom(path: Path) -> Dataset:
+    """Read a DICOM file (header and pixels); raise InputRejected if it is not DICOM or is truncated.
+
+    Truncation (pydicom itself only warns): a file that ends inside its pixel data is refused with
+    "pixel data is truncated"; one that ends inside its header is "unreadable DICOM file (truncated …)".
+    """
+    ds = _dcmread(path)
+    if len(ds) == 0:
+        # pydicom drops the whole data set when the file ends inside an undefined-length item
+        # (encapsulated pixel data, or a sequence); is the header before the pixel data intact?
+        header = _dcmread(path, stop_before_pixels=True)
+        if len(header) > 0 and _short_last_element(header) is None:
+            raise InputRejected(f"{path}: pixel data is truncated (the file ends inside its encapsulated Pixel Data).")
+        raise InputRejected(f"{path}: {UNREADABLE} (truncated or empty: no data element could be read after the file meta "
+                            "information).")
+    short = _short_last_element(ds)
+    if short is not None:
+        keyword, present, declared = short
+        if keyword == "PixelData":
+            raise InputRejected(f"{path}: pixel data is truncated (the file ends {present} bytes into Pixel Data, which "
+                                f"declares {declared} bytes).")
+        raise InputRejected(f"{path}: {UNREADABLE} (truncated: the file ends {present} bytes into {keyword}, which declares "
+                            f"{declared} bytes).")
+    return ds
+
+
+def _uid_name(value: str) -> str:
+    """A UID's name for messages: 'CT Image Storage', '1.2.3' or 'absent'."""
+    if not value:
+        return "absent"
+    return repr(UID(value).name or value)
+
+
+def _value(ds: Dataset, keyword: str, default=None):
+    """``ds.get(keyword, default)``; a value pydicom cannot convert raises :class:`_BadElement`.
+
+    pydicom converts raw values lazily, on first access; a garbled value (``IS`` "1e309", a US of
+    three bytes, a sequence that does not parse) raises there, with no file name attached. The
+    public functions turn :class:`_BadElement` into InputRejected naming the file and the keyword.
+    """
+    try:
+        return ds.get(keyword, default)
+    except Exception as exc:
+        raise _BadElement(keyword, exc) from exc
+
+
+class _BadElement(Exception):
+    """An element whose value cannot be converted; becomes InputRejected naming the file and keyword."""
+
+    def __init__(self, keyword: str, cause: BaseException):
+        super().__init__(keyword, cause)
+        self.keyword, self.cause = keyword, cause
+
+    def rejected(self, path: Path) -> InputRejected:
+        return InputRejected(f"{path}: {self.keyword} has a value that cannot be read "
+                             f"({type(self.cause).__name__}: {self.cause}).")
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
+    value = _value(ds, keyword, "")
     return "" if value is None else str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str, default: int) -> int:
+    """An integer attribute (US, IS); absent or empty gives ``default``; garbage raises _BadElement."""
+    value = _value(ds, keyword, default)
+    if value is None or value == "":
+        return default
+    try:
+        if isinstance(value, (list, tuple, MultiValue)):
+            raise ValueError(f"{len(value)} values where one is expected")
+        number = float(value)
+        if not math.isfinite(number) or number != int(number):
+            raise ValueError(f"{value!r} is not an integer")
+        return int(number)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _BadElement(keyword, exc) from exc
 
 
 def check_chest_radiograph(ds: Dataset, path: Path) -> list[str]:
     """Raise InputRejected unless ``ds`` is a single-frame frontal chest radiograph of a human.
 
-    Returns warnings (e.g. missing BodyPartExamined) for an accepted file.
+    Returns warnings (e.g. missing BodyPartExamined) for an accepted file. A value that cannot be
+    read at all (garbled bytes) is a refusal naming the element.
     """
+    try:
+        return _check_chest_radiograph(ds, path)
+    except _BadElement as exc:
+        raise exc.rejected(path) from exc.cause
+
+
+def _check_chest_radiograph(ds: Dataset, path: Path) -> list[str]:
     warnings: list[str] = []
     name = str(path)
     modality = _text(ds, "Modality").upper()
-    sop_class = str(ds.get("SOPClassUID", ""))
+    sop_class = _text(ds, "SOPClassUID")
     body_part = _text(ds, "BodyPartExamined").upper()
 
-    if "PixelData" not in ds:
-        raise InputRejected(f"{name}: has no pixel data (SOP class {UID(sop_class).name or sop_class!r}).")
     if sop_class not in ACCEPTED_SOP_CLASSES:
         raise InputRejected(
-            f"{name}: SOP class {UID(sop_class).name or sop_class!r} is not a radiograph storage class "
+            f"{name}: SOP class {_uid_name(sop_class)} is not a radiograph storage class "
             "(expected CR, DX for presentation, or secondary capture)."
         )
+    if "PixelData" not in ds:
+        raise InputRejected(f"{name}: has no pixel data (SOP class {_uid_name(sop_class)}; the file may be truncated).")
     if modality in SECONDARY_CAPTURE_MODALITIES:
         if body_part not in CHEST_BODY_PARTS:
             raise InputRejected(
@@ -154,8 +267,9 @@ def check_chest_radiograph(ds: Dataset, path: Path) -> list[str]:
     view = _text(ds, "ViewPosition").upper()
     if view not in FRONTAL_VIEW_POSITIONS:
         raise InputRejected(f"{name}: ViewPosition is {view!r}; only frontal views (PA, AP) are processed.")
-    for item in ds.get("ViewCodeSequence", []) or []:
-        meaning = str(item.get("CodeMeaning", ""))
+    view_codes = _value(ds, "ViewCodeSequence", []) or []
+    for item in view_codes if isinstance(view_codes, Sequence) else []:
+        meaning = _text(item, "CodeMeaning")
         if _LATERAL_WORDS.search(meaning):
             raise InputRejected(f"{name}: ViewCodeSequence says {meaning!r}; only frontal views are processed.")
     for keyword in _TEXT_FIELDS:
@@ -165,17 +279,17 @@ def check_chest_radiograph(ds: Dataset, path: Path) -> list[str]:
     if not view:
         warnings.append("ViewPosition is absent; assumed frontal.")
 
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int(ds, "NumberOfFrames", 1)
     if frames != 1:
         raise InputRejected(f"{name}: has {frames} frames; only single-frame radiographs are processed.")
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = _int(ds, "SamplesPerPixel", 1)
     photometric = _text(ds, "PhotometricInterpretation").upper()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise InputRejected(
             f"{name}: PhotometricInterpretation {photometric or 'absent'!r} with {samples} sample(s) per pixel "
             "is not a greyscale radiograph (expected MONOCHROME1 or MONOCHROME2)."
         )
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     if min(rows, cols) < MIN_SIDE_PX:
         raise InputRejected(f"{name}: image is {rows}×{cols} px; the smallest accepted side is {MIN_SIDE_PX} px.")
     if max(rows, cols) > MAX_SIDE_PX:
@@ -183,13 +297,22 @@ def check_chest_radiograph(ds: Dataset, path: Path) -> list[str]:
     return warnings
 
 
-def decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
+def decode_pixels(ds: Dataset, path: Path, warnings: list[str] | None = None) -> np.ndarray:
     """Decode to float32 H×W in [0, 1], MONOCHROME2 sense; raise InputRejected on failure.
 
     Order: stored values (Bits Stored honoured by the decoder) → modality LUT / rescale → VOI LUT or
     window (first one) when present → MONOCHROME1 inversion → min-max scaling. A constant image
-    (e.g. an all-zero decode) is an error, not an empty image.
+    (e.g. an all-zero decode) is an error, not an empty image. A VOI LUT or window that cannot be
+    applied, or that maps the image to a constant or to NaN, is ignored (the full range is used)
+    and a warning is appended to ``warnings`` when given.
     """
+    try:
+        return _decode_pixels(ds, path, warnings if warnings is not None else [])
+    except _BadElement as exc:
+        raise exc.rejected(path) from exc.cause
+
+
+def _decode_pixels(ds: Dataset, path: Path, warnings: list[str]) -> np.ndarray:
     name = str(path)
     try:
         stored = ds.pixel_array
@@ -201,15 +324,33 @@ def decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
         ) from exc
     if stored.ndim != 2:
         raise InputRejected(f"{name}: decoded pixel array has shape {stored.shape}; expected one 2D frame.")
-    values = apply_modality_lut(stored, ds).astype(np.float64)
+    try:
+        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    except Exception as exc:  # malformed Modality LUT Sequence or rescale values: the HU/OD scale is unknown
+        raise InputRejected(f"{name}: the Modality LUT / rescale cannot be applied ({type(exc).__name__}: {exc}).") from exc
+    if values.shape != stored.shape:
+        raise InputRejected(f"{name}: the Modality LUT / rescale changed the image shape to {values.shape}.")
+    if not np.all(np.isfinite(values)):
+        raise InputRejected(f"{name}: pixel values include NaN or infinity after the modality LUT / rescale.")
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
     if has_voi:
+        problem = None
         try:
-            values = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
-        except Exception as exc:  # malformed VOI: fall back to the full range, say so
-            logger.warning("%s: VOI LUT/window not applied (%s); using the full pixel range.", name, exc)
-    if not np.all(np.isfinite(values)):
-        raise InputRejected(f"{name}: pixel values include NaN or infinity after the modality/VOI LUT.")
+            windowed = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
+            if windowed.shape != values.shape:
+                problem = f"it changed the image shape to {windowed.shape}"
+            elif not np.all(np.isfinite(windowed)):
+                problem = "it gives NaN or infinity"
+            elif float(windowed.min()) >= float(windowed.max()):
+                problem = "it maps every pixel to one value"
+        except Exception as exc:  # malformed VOI LUT or window
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is None:
+            values = windowed
+        else:
+            message = f"VOI LUT / window not applied ({problem}); the full pixel range is used."
+            logger.warning("%s: %s", name, message)
+            warnings.append(message)
     low, high = float(values.min()), float(values.max())
     if high <= low:
         raise InputRejected(f"{name}: pixel data decodes to a constant image (every pixel {low:g}); nothing to analyse.")
@@ -223,8 +364,11 @@ def load_cxr(path: Path, case_id: str) -> CxrImage:
     """Read, check and decode one file into a :class:`CxrImage`, or raise InputRejected."""
     ds = read_dicom(path)
     warnings = check_chest_radiograph(ds, path)
-    pixels = decode_pixels(ds, path)
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    pixels = decode_pixels(ds, path, warnings)
+    try:
+        rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    except _BadElement as exc:  # unreachable after check_chest_radiograph; kept for direct callers' sake
+        raise exc.rejected(path) from exc.cause
     if pixels.shape != (rows, cols):
         raise InputRejected(f"{path}: decoded {pixels.shape} pixels but the header says {rows}×{cols}.")
     header = ds.copy()
