@@ -28,3 +28,24 @@ def two_studies(shared_dicom_dir, tmp_path_factory) -> Path:
         (folder / path.name).chmod(0o644)
     folder.chmod(0o755)
     return folder
+
+
+@pytest.fixture(scope="module")
+def orthanc_factory(tmp_path_factory):
+    """Start throw-away Orthancs (tests/deploy/orthanc.py); skip only when Orthanc is not installed."""
+    from tests.deploy.orthanc import Orthanc, find_orthanc
+
+    executable = find_orthanc()
+    if executable is None:
+        pytest.skip("Orthanc is not installed (tools/setup.sh installs the Debian package orthanc)")
+    started: list[Orthanc] = []
+
+    def start(modalities: dict[str, tuple[str, int]]) -> Orthanc:
+        server = Orthanc(tmp_path_factory.mktemp("orthanc"), modalities)
+        server.start(executable)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
