@@ -237,3 +237,32 @@ def test_entrypoint_exit_code_is_always_zero(sandbox, context, two_studies, tmp_
                             uid=UID, gid=GID, timeout=180)
     assert "Application exited with 2." in proc.stdout + proc.stderr
     assert proc.returncode == 0
+
+
+def test_workflow_definition_matches_the_image(context):
+    """deploy/workflow.json (MONAI Deploy Express): routes CR/DX chest, runs this image, exports its output."""
+    workflow = json.loads((REPO / "deploy" / "workflow.json").read_text())
+    tasks = {task["id"]: task for task in workflow["tasks"]}
+    router = workflow["tasks"][0]
+    assert router["type"] == "router"
+    (route,) = router["task_destinations"]
+    conditions = " ".join(route["conditions"])
+    assert "'0008','0060'" in conditions and "'CR'" in conditions and "'DX'" in conditions
+    assert "'0018','0015'" in conditions and "'CHEST'" in conditions
+    run = tasks[route["name"]]
+    assert run["type"] == "docker"
+    record = json.loads((context / BUILD_RECORD).read_text())
+    assert run["args"]["container_image"] == record["tag"]
+    app_json = json.loads((context / "map" / "app.json").read_text())
+    assert run["args"]["command"] == " ".join(json.loads(app_json["command"]))
+    env = {line.split("=", 1)[0][4:]: line.split("=", 1)[1] for line in dockerfile_lines(context) if line.startswith("ENV HOLOSCAN_")}
+    for name in ("HOLOSCAN_INPUT_PATH", "HOLOSCAN_OUTPUT_PATH", "HOLOSCAN_MODEL_PATH"):
+        assert run["args"][f"env_{name}"].rstrip("/") == env[name].rstrip("/")
+    assert [a["name"] for a in run["artifacts"]["input"]] == ["env_HOLOSCAN_INPUT_PATH"]
+    assert [a["name"] for a in run["artifacts"]["output"]] == ["env_HOLOSCAN_OUTPUT_PATH"]
+    (export_name,) = [d["name"] for d in run["task_destinations"]]
+    export = tasks[export_name]
+    assert export["type"] == "export"
+    assert export["artifacts"]["input"][0]["value"] == f"{{{{ context.executions.{run['id']}.artifacts.env_HOLOSCAN_OUTPUT_PATH }}}}"
+    assert {d["name"] for d in export["export_destinations"]} <= set(workflow["informatics_gateway"]["export_destinations"])
+    assert len(workflow["name"]) <= 15
