@@ -34,6 +34,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage, generate_uid
 
+from operators.lib.components import Box
 from operators.lib.seg_output import (
     LUNG_CODE,
     OPACITY_CATEGORY_CODE,
@@ -131,14 +132,15 @@ def _segment_reference(
 
 def _region_group(
     index: int,
-    box: Sequence[int],
+    box: Box | Sequence[int],
     source: pydicom.Dataset,
     algorithm_id: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    top, left, bottom, right = (int(v) for v in box)
+    box = box if isinstance(box, Box) else Box(*(int(v) for v in box))
+    top, left, bottom, right = box.top, box.left, box.bottom, box.right
     rows, cols = int(source.Rows), int(source.Columns)
     if not (0 <= top < bottom <= rows and 0 <= left < right <= cols):
-        raise ValueError(f"Region {index} {tuple(box)} (top, left, bottom, right) is empty or outside the "
+        raise ValueError(f"Region {index} {(top, left, bottom, right)} (top, left, bottom, right) is empty or outside the "
                          f"{rows}×{cols} image.")
     corners = np.array([[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=np.float32)
     region = hd.sr.ImageRegion(
@@ -165,7 +167,7 @@ def build_opacity_sr(
     threshold: float,
     algorithm: AlgorithmInfo,
     *,
-    regions: Sequence[Sequence[int]] = (),
+    regions: Sequence[Box | Sequence[int]] = (),
     series_number: int = 9104,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 measurement report of one radiograph's opacity result.
@@ -185,9 +187,9 @@ def build_opacity_sr(
         The gate threshold in [0, 1]; recorded as an algorithm parameter.
     algorithm : AlgorithmInfo
         Algorithm identity.
-    regions : sequence of (top, left, bottom, right), optional
-        Opacity regions in source pixels (bottom and right exclusive, as
-        :class:`operators.lib.components.Box`); each becomes a planar ROI with 2D coordinates.
+    regions : sequence of Box or of (top, left, bottom, right), optional
+        Opacity regions in source pixels, bottom and right exclusive (e.g.
+        ``component_boxes(opacity_mask, 8)``); each becomes a planar ROI with 2D coordinates.
     series_number : int, optional
         Series Number of the new series.
 

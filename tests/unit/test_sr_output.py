@@ -19,6 +19,7 @@ import pytest
 from pydicom import config
 from pydicom.sr.codedict import codes
 
+from operators.lib.components import Box
 from operators.lib.seg_output import AlgorithmInfo, build_binary_seg, build_probability_seg, write_dataset_atomically
 from operators.lib.sr_output import (
     OPACITY_CODE,
@@ -66,7 +67,7 @@ def built(request, shared_dicom_dir, tmp_path_factory) -> Built:
     config.settings.writing_validation_mode = config.RAISE
     try:
         seg = build_binary_seg(source, mask, mask, ALGORITHM)
-        sr = build_opacity_sr(source, seg, 0.62, True, 0.5, ALGORITHM, regions=[BOX])
+        sr = build_opacity_sr(source, seg, 0.62, True, 0.5, ALGORITHM, regions=[Box(*BOX)])
     finally:
         config.settings.writing_validation_mode = before
     folder = tmp_path_factory.mktemp(request.param)
@@ -135,7 +136,7 @@ def test_sr_references_the_seg_segment_and_the_region(built):
 def test_negative_study_against_probability_seg(shared_dicom_dir, tmp_path, dciodvfy_errors):
     source = read_header(next(shared_dicom_dir.glob("misc/nih_*.dcm")))
     seg = build_probability_seg(source, np.zeros((source.Rows, source.Columns), np.float32), ALGORITHM)
-    sr = build_opacity_sr(source, seg, 0.12, False, 0.5, ALGORITHM)
+    sr = build_opacity_sr(source, seg, 0.12, False, 0.5, ALGORITHM, regions=[(0, 0, 10, 10)])  # a plain tuple
     path = tmp_path / "sr.dcm"
     write_dataset_atomically(sr, path)
     assert not dciodvfy_errors(path)
