@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.charset
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -68,6 +69,14 @@ _TEXT_FIELDS = (
     "PerformedProcedureStepDescription",
 )
 _HUMAN_SPECIES = re.compile(r"^(HOMO SAPIENS|HUMAN)$", re.IGNORECASE)
+#: SpecificCharacterSet values kept on the header copy that the writers use (CxrImage.dataset).
+#: Any other set — an unknown term, or one highdicom cannot write ('ISO 2022 IR 149' Korean, an
+#: empty single value) — is replaced by UTF-8 (ISO_IR 192) after every text value has been decoded,
+#: so the output carries the same names in an encoding every writer accepts. A multi-valued set
+#: whose first value is empty (the standard's ``\ISO 2022 IR 87``) gets its meaning spelled out:
+#: 'ISO 2022 IR 6' (PS3.3 C.12.1.1.2).
+KEPT_CHARACTER_SETS = frozenset(pydicom.charset.python_encoding) - {"", "ISO_IR 6", "ISO 2022 58", "ISO 2022 GBK",
+                                                                    "ISO 2022 IR 149"}
 
 
 @dataclass(frozen=True)
@@ -360,6 +369,31 @@ def _decode_pixels(ds: Dataset, path: Path, warnings: list[str]) -> np.ndarray:
     return scaled
 
 
+def _writable_character_set(header: Dataset, path: Path, warnings: list[str]) -> None:
+    """Make ``header``'s SpecificCharacterSet one the writers accept (see KEPT_CHARACTER_SETS)."""
+    try:
+        raw = _value(header, "SpecificCharacterSet")
+    except _BadElement as exc:
+        raise exc.rejected(path) from exc.cause
+    if raw is None:
+        return
+    values = [str(v).strip() for v in (raw if isinstance(raw, (list, tuple, MultiValue)) else [raw])]
+    spelled = ["ISO 2022 IR 6", *values[1:]] if len(values) > 1 and values[0] == "" else values
+    if spelled == values and all(v in KEPT_CHARACTER_SETS for v in values):
+        return
+    try:
+        header.decode()  # every text value to str, with the source's own character set
+    except Exception as exc:
+        raise InputRejected(f"{path}: text cannot be decoded with SpecificCharacterSet {values!r} ({exc}).") from exc
+    if all(v in KEPT_CHARACTER_SETS for v in spelled):
+        header.SpecificCharacterSet = spelled
+        return
+    header.SpecificCharacterSet = "ISO_IR 192"
+    if any(v not in pydicom.charset.python_encoding for v in values):
+        warnings.append(f"SpecificCharacterSet {values!r} is not a defined term; text was read as the default repertoire "
+                        "and the outputs use UTF-8 (ISO_IR 192).")
+
+
 def load_cxr(path: Path, case_id: str) -> CxrImage:
     """Read, check and decode one file into a :class:`CxrImage`, or raise InputRejected."""
     ds = read_dicom(path)
@@ -375,4 +409,5 @@ def load_cxr(path: Path, case_id: str) -> CxrImage:
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:
             del header[keyword]
+    _writable_character_set(header, path, warnings)
     return CxrImage(case_id=case_id, path=Path(path), dataset=header, pixels=pixels, warnings=tuple(warnings))

@@ -365,6 +365,10 @@ CASES: list[tuple[str, Callable[[Path, Path], None], str, str | None, str]] = [
      "processed", None, "patient C, Japanese name in ISO 2022 IR 87"),
     ("patients/d_utf8_japanese.dcm", _patient(4, "pd", "山田^花子", "ISO_IR 192", "PAT-D"), "processed", None,
      "patient D, Japanese name in UTF-8"),
+    ("patients/e_iso2022_korean.dcm", _patient(0, "pe", "Hong^Gildong=洪^吉洞=홍^길동", ["", "ISO 2022 IR 149"], "PAT-E"),
+     "processed", None, "patient E, Korean name in ISO 2022 IR 149 (a set highdicom cannot write)"),
+    ("patients/f_unknown_charset.dcm", _patient(1, "pf", "Doe^Jane", "ISO_IR 999", "PAT-F"), "processed", None,
+     "patient F, an undefined SpecificCharacterSet"),
 ]
 
 
