@@ -167,9 +167,35 @@ def read_manifest(folder: Path) -> Manifest:
     return manifest
 
 
+def loaded_files(card: ModelCard) -> list[str]:
+    """The files (relative to the model folder) that the loader of ``card`` opens.
+
+    Each must be listed in the manifest, or it would be read (for ``.pt``/``.pth``: unpickled)
+    without its checksum being verified.
+    """
+    if card.architecture is Architecture.NNUNET_2D:
+        return ["plans.json", "dataset.json", f"fold_{int(card.options.get('fold', 0))}/checkpoint_final.pth"]
+    if card.architecture in (Architecture.CONVNEXT_FPN, Architecture.SMALL_UNET):
+        return ["config.json", "model.safetensors"]
+    if card.architecture is Architecture.XRV_PSPNET:
+        return ["pspnet_chestxray_best_model_4.pth"]
+    from operators.lib.segmenters import _import_xrv  # the file name is xrv's, per weights name
+
+    weights = card.options.get("weights", "densenet121-res224-all")
+    urls = _import_xrv().models.model_urls
+    return [Path(urls[weights]["weights_url"]).name] if weights in urls else []
+
+
 def verify_files(manifest: Manifest) -> None:
-    """Check every listed file exists and matches its sha256, before anything is loaded."""
+    """Check every listed file exists and matches its sha256, before anything is loaded; and that
+    every file a loader will open is listed."""
     for card in manifest.models:
+        unlisted = [name for name in loaded_files(card) if name not in card.files]
+        if unlisted:
+            raise ModelFolderError(
+                f"{manifest.folder / card.name / unlisted[0]}: model {card.name!r} loads this file but {MANIFEST_NAME} does not "
+                "list it with its sha256, so it cannot be verified before loading."
+            )
         for relative, expected in card.files.items():
             path = manifest.folder / card.name / relative
             if not path.is_file():
