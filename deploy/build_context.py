@@ -23,6 +23,7 @@ app runs on holoscan-cu13 4.6.0 (the packager reads the installed version). It m
 same base image as 4.2.0 (``nvcr.io/nvidia/cuda:13.0.0-runtime-ubuntu24.04``, Python 3.12).
 
     python -m deploy.build_context OUT_DIR [--models DIR] [--tag NAME] [--platform x86_64]
+    python -m deploy.build_context --stage-only SRC_DIR [--models DIR]   # then `monai-deploy package` on a Docker host
 """
 
 from __future__ import annotations
@@ -102,11 +103,15 @@ def stage_models(models: Path, staging: Path) -> Path:
     return root
 
 
-def _packager_args(application: Path, models: Path, tag: str, platform: str, uid: int, gid: int):
-    """Parse a ``monai-deploy package`` command line with the packager's own parser."""
-    from holoscan_cli.__main__ import parse_args
+def stage(folder: Path, models: Path) -> tuple[Path, Path]:
+    """Write what ``monai-deploy package`` takes: ``folder/app`` (application) and ``folder/models``."""
+    return stage_application(folder), stage_models(Path(models), folder)
 
-    argv = ["monai-deploy", "package", str(application),
+
+def package_command(application: Path, models: Path, *, tag: str = DEFAULT_TAG, platform: str = "x86_64",
+                    uid: int = 1000, gid: int = 1000) -> list[str]:
+    """The ``monai-deploy package`` command line for a staged application and models folder."""
+    return ["monai-deploy", "package", str(application),
             "--config", str(REPO / "app.yaml"),
             "--models", str(models),
             "--platform", platform,
@@ -114,7 +119,6 @@ def _packager_args(application: Path, models: Path, tag: str, platform: str, uid
             "--source", str(ARTIFACTS),
             "--sdk", "monai-deploy",
             "--uid", str(uid), "--gid", str(gid)]
-    return parse_args(argv)
 
 
 def build_context(out: Path, models: Path, *, tag: str = DEFAULT_TAG, platform: str = "x86_64",
@@ -150,6 +154,7 @@ def build_context(out: Path, models: Path, *, tag: str = DEFAULT_TAG, platform: 
     if installed != HOLOSCAN_CLI_VERSION:
         raise RuntimeError(f"holoscan-cli {installed} is installed; this build uses the packager internals of "
                            f"{HOLOSCAN_CLI_VERSION} (pip install holoscan-cli=={HOLOSCAN_CLI_VERSION}).")
+    from holoscan_cli.__main__ import parse_args
     from holoscan_cli.packager.arguments import PackagingArguments
     from holoscan_cli.packager.container_builder import PythonAppBuilder
     from holoscan_cli.packager.packager import _create_app_manifest, _create_package_manifest
@@ -161,9 +166,9 @@ def build_context(out: Path, models: Path, *, tag: str = DEFAULT_TAG, platform: 
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        application = stage_application(staging)
-        staged_models = stage_models(Path(models), staging)
-        args = _packager_args(application, staged_models, tag, platform, uid, gid)
+        application, staged_models = stage(staging, models)
+        # Parsed by the packager's own parser, exactly as `monai-deploy package` parses it.
+        args = parse_args(package_command(application, staged_models, tag=tag, platform=platform, uid=uid, gid=gid))
         # The packager's own steps, as in holoscan_cli.packager.packager._package_application:
         packaging = PackagingArguments(args, str(out))
         _create_app_manifest(packaging.application_manifest, str(out))
@@ -196,14 +201,28 @@ def docker_build_command(context: BuildContext) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.build_context", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="new folder for the build context")
+    parser.add_argument("out", type=Path, help="new folder for the build context (or, with --stage-only, for app/ and models/)")
     parser.add_argument("--models", type=Path, default=REPO / "models", help="models folder with manifest.json (default: models/)")
     parser.add_argument("--tag", default=DEFAULT_TAG, help=f"image name (default: {DEFAULT_TAG})")
     parser.add_argument("--platform", default="x86_64", help="packager platform (default: x86_64)")
     parser.add_argument("--uid", type=int, default=1000, help="UID of the user the image runs as (default: 1000)")
     parser.add_argument("--gid", type=int, default=1000, help="GID of that user (default: 1000)")
+    parser.add_argument("--stage-only", action="store_true",
+                        help="only write OUT/app and OUT/models and print the `monai-deploy package` line (for a Docker host)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.stage_only:
+        if args.out.exists() and any(args.out.iterdir()):
+            logger.error("%s is not empty; staging needs a new folder.", args.out)
+            return 2
+        try:
+            application, models = stage(args.out, args.models)
+        except FileNotFoundError as exc:
+            logger.error("%s", exc)
+            return 2
+        command = package_command(application, models, tag=args.tag, platform=args.platform, uid=args.uid, gid=args.gid)
+        logger.info("Staged %s and %s; on a host with Docker and buildx run:\n  %s", application, models, shlex.join(command))
+        return 0
     try:
         context = build_context(args.out, args.models, tag=args.tag, platform=args.platform, uid=args.uid, gid=args.gid)
     except (RuntimeError, FileExistsError, FileNotFoundError) as exc:

@@ -173,6 +173,7 @@ class Spool:
             fd, tmp = tempfile.mkstemp(prefix=f".{sop_uid}.", suffix=".tmp", dir=folder)
             try:
                 with os.fdopen(fd, "wb") as handle:
+                    os.fchmod(handle.fileno(), 0o644)  # mkstemp makes 0600; a MAP container reads it as UID 1000
                     handle.write(encoded)
                     handle.flush()
                     os.fsync(handle.fileno())
