@@ -206,6 +206,7 @@ def container_run(sandbox, context, two_studies, tmp_path_factory):
     return proc, output
 
 
+@pytest.mark.e2e
 def test_entrypoint_runs_the_app_on_real_dicoms(container_run):
     proc, output = container_run
     log = proc.stdout + proc.stderr
@@ -222,6 +223,7 @@ def test_entrypoint_runs_the_app_on_real_dicoms(container_run):
             assert os.stat(folder / name).st_uid == UID  # written by the image's user
 
 
+@pytest.mark.e2e
 def test_outputs_are_readable_by_other_users(container_run):
     """A PACS exporter or the host user reading /var/holoscan/output is not the image's UID."""
     _, output = container_run
@@ -230,6 +232,7 @@ def test_outputs_are_readable_by_other_users(container_run):
     assert not unreadable, unreadable
 
 
+@pytest.mark.e2e
 def test_entrypoint_exit_code_is_always_zero(sandbox, context, two_studies, tmp_path):
     """holoscan-cli's tools script reports the app's exit code in its log but exits 0 (README: read summary.json)."""
     output = tmp_path / "output"

@@ -8,7 +8,6 @@ read back. Writing validation is strict, as in test_seg_output.py.
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from operators.lib.sc_output import (
     burn_text,
 )
 from operators.lib.seg_output import AlgorithmInfo, write_dataset_atomically
+from tests.unit.test_seg_output import ALLOWED_WARNINGS as SEG_ALLOWED_WARNINGS
+from tests.unit.test_seg_output import run_dciodvfy
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
 
@@ -38,8 +39,7 @@ SOURCES = {
 #: Accepted dciodvfy warnings: the source's own patient/study values (as for the SEGs), and the
 #: empty Laterality written when the source has no BodyPartExamined (the NIH file).
 ALLOWED_WARNINGS = (
-    re.compile(r"needed to build DICOMDIR - (Study ID|Study Date|Study Time)$"),
-    re.compile(r"\((0x0010,0x0010|0x0008,0x0090)\) PN .* - Retired Person Name form$"),
+    *SEG_ALLOWED_WARNINGS,
     re.compile(r"only permitted to be empty when actually unknown.* - attribute <Laterality>$"),
 )
 
@@ -71,8 +71,7 @@ def built(request, shared_dicom_dir, tmp_path_factory) -> Built:
 
 
 def test_sc_dciodvfy_finds_no_error(built, dciodvfy):
-    proc = subprocess.run([dciodvfy, str(built.path)], capture_output=True, text=True, timeout=120)
-    lines = (proc.stdout + proc.stderr).splitlines()
+    lines = run_dciodvfy(dciodvfy, built.path)
     assert not [line for line in lines if "Error" in line], "\n".join(lines)
     unexpected = [w for w in lines if w.startswith("Warning") and not any(p.search(w) for p in ALLOWED_WARNINGS)]
     assert not unexpected, "\n".join(unexpected)

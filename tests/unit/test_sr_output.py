@@ -7,8 +7,6 @@ highdicom's own SR reader.
 
 from __future__ import annotations
 
-import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from operators.lib.sr_output import (
     SEGMENT_TRACKING_ID,
     build_opacity_sr,
 )
+from tests.unit.test_seg_output import ALLOWED_WARNINGS, run_dciodvfy
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
 
@@ -38,10 +37,6 @@ SOURCES = {
     "nema-rg1-uncr": "misc/nema_wg04_RG1_UNCR.dcm",
     "nih-dx-sc": "misc/nih_*.dcm",
 }
-ALLOWED_WARNINGS = (
-    re.compile(r"needed to build DICOMDIR - (Study ID|Study Date|Study Time)$"),
-    re.compile(r"\((0x0010,0x0010|0x0008,0x0090)\) PN .* - Retired Person Name form$"),
-)
 #: An opacity region (top, left, bottom, right), used as the mask and as the reported region.
 BOX = (100, 200, 300, 400)
 
@@ -77,8 +72,7 @@ def built(request, shared_dicom_dir, tmp_path_factory) -> Built:
 
 
 def test_sr_dciodvfy_finds_no_error(built, dciodvfy):
-    proc = subprocess.run([dciodvfy, str(built.path)], capture_output=True, text=True, timeout=120)
-    lines = (proc.stdout + proc.stderr).splitlines()
+    lines = run_dciodvfy(dciodvfy, built.path)
     assert not [line for line in lines if "Error" in line], "\n".join(lines)
     unexpected = [w for w in lines if w.startswith("Warning") and not any(p.search(w) for p in ALLOWED_WARNINGS)]
     assert not unexpected, "\n".join(unexpected)
