@@ -64,10 +64,6 @@ class BuildContext:
     platform: str
     build_args: dict[str, str]
 
-    @property
-    def dockerfile(self) -> Path:
-        return self.folder / "Dockerfile"
-
 
 def make_world_readable(root: Path) -> None:
     """Give every file under ``root`` read permission for all, and every folder read and search.
