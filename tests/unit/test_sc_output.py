@@ -26,16 +26,14 @@ from operators.lib.sc_output import (
 )
 from operators.lib.seg_output import AlgorithmInfo, write_dataset_atomically
 from tests.unit.test_seg_output import ALLOWED_WARNINGS as SEG_ALLOWED_WARNINGS
+from tests.unit.test_seg_output import SOURCES as SEG_SOURCES
 from tests.unit.test_seg_output import run_dciodvfy
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
 
 ALGORITHM = AlgorithmInfo(name="cxr-lung-opacity", version="0.1.0", preset="zones")
-SOURCES = {
-    "rsna-0004": "rsna/0004cfab-*.dcm",
-    "nema-rg1-uncr": "misc/nema_wg04_RG1_UNCR.dcm",
-    "nih-dx-sc": "misc/nih_*.dcm",
-}
+#: One source of each kind (JPEG CR in an SC SOP class, uncompressed MONOCHROME1 CR, DX secondary capture).
+SOURCES = {key: SEG_SOURCES[key] for key in ("rsna-0004", "nema-rg1-uncr", "nih-dx-sc")}
 #: Accepted dciodvfy warnings: the source's own patient/study values (as for the SEGs), and the
 #: empty Laterality written when the source has no BodyPartExamined (the NIH file).
 ALLOWED_WARNINGS = (

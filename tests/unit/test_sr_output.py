@@ -28,15 +28,13 @@ from operators.lib.sr_output import (
     build_opacity_sr,
 )
 from tests.unit.test_seg_output import ALLOWED_WARNINGS, run_dciodvfy
+from tests.unit.test_seg_output import SOURCES as SEG_SOURCES
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
 
 ALGORITHM = AlgorithmInfo(name="cxr-lung-opacity", version="0.1.0", preset="zones")
-SOURCES = {
-    "rsna-0004": "rsna/0004cfab-*.dcm",
-    "nema-rg1-uncr": "misc/nema_wg04_RG1_UNCR.dcm",
-    "nih-dx-sc": "misc/nih_*.dcm",
-}
+#: One source of each kind (JPEG CR in an SC SOP class, uncompressed MONOCHROME1 CR, DX secondary capture).
+SOURCES = {key: SEG_SOURCES[key] for key in ("rsna-0004", "nema-rg1-uncr", "nih-dx-sc")}
 #: An opacity region (top, left, bottom, right), used as the mask and as the reported region.
 BOX = (100, 200, 300, 400)
 
