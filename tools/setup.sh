@@ -12,3 +12,18 @@ fi
 if ! "$PY" -c 'import ctypes; ctypes.CDLL("libcudart.so.13")' 2>/dev/null && ! ldconfig -p | grep -q libcudart.so.13; then
   "$PY" -m pip install --quiet --disable-pip-version-check 'nvidia-cuda-runtime>=13,<14'
 fi
+# Orthanc (a real PACS for tests/deploy, which starts its own on free loopback ports), its DICOMweb
+# plugin (STOW-RS test), dcmtk (JPEG lossless test files) and jq (the MAP entry script), from Debian
+# packages. Without root and apt-get those tests skip.
+pkgs=""
+command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || pkgs="orthanc orthanc-dicomweb"
+command -v dcmcjpeg >/dev/null 2>&1 || pkgs="$pkgs dcmtk"
+command -v jq >/dev/null 2>&1 || pkgs="$pkgs jq"
+if [ -n "$pkgs" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
+  else
+    echo "setup.sh: cannot install$pkgs here (needs root and apt-get); tests/deploy's PACS and container tests will skip." >&2
+  fi
+fi
