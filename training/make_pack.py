@@ -1,0 +1,159 @@
+"""Assemble a models folder (manifest + model folders + sha256) from exported models, and write model cards.
+
+    python -m training.make_pack assemble --exports /work/train_runs/export --runs /work/train_runs --out models
+    python -m training.make_pack cards --models models --runs /work/train_runs --metrics REPORT_DIR/metrics.json
+
+``assemble`` copies each model's native files (nothing else) into ``OUT/<name>/``, lists them with
+their sha256 in ``OUT/manifest.json`` in pipeline order (classifier, the three experts in gate
+order, refinement, lung) and keeps no calibration (run ``training.calibrate`` next). ``cards``
+writes ``OUT/<name>/MODEL_CARD.md`` (not listed in the manifest, so the app ignores it) from the
+training summaries in the run folders, the evaluation metrics and the manifest's calibration.
+``--spec PACK.json`` replaces the reference pack's list of models (:data:`REFERENCE_PACK`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from app.model_store import MANIFEST_NAME, NATIVE_FORMAT, SCHEMA_VERSION, Architecture, sha256_of
+from tools.random_model_pack import XRV_DENSENET_FILE
+
+DATA_NOTE = ("COVID-QU-Ex 'Infection Segmentation Data/Train' (../shared/data), our deterministic split "
+             "(sha1 of file name per class: train 70 % / val 15 % / calib 15 %)")
+LICENCE = ("Research use only, not for clinical use. Trained on COVID-QU-Ex (Tahir et al., Qatar University; "
+           "research-use terms of the dataset); the weights inherit those terms.")
+
+#: the reference pack: name (= folder = manifest key), role, architecture, input size, options, note
+REFERENCE_PACK: list[dict] = [
+    {"name": "xrv_densenet121_opacity", "role": "classifier", "architecture": "xrv-densenet121", "input_size_px": 224,
+     "options": {"weights": "densenet121-res224-all", "label": "Lung Opacity"},
+     "note": "torchxrayvision DenseNet-121 (random init), only the 'Lung Opacity' output trained; production uses xrv's public weights."},
+    {"name": "convnext_fpn_256", "role": "expert", "architecture": "convnext-fpn", "input_size_px": 256, "options": {},
+     "note": "ConvNeXt-FPN on histogram-equalised input at 256 px (production: 336 px, CLIP-initialised ConvNeXt); random init (no CLIP checkpoint here)."},
+    {"name": "nnunet_2d_192_histeq", "role": "expert", "architecture": "nnunet-2d", "input_size_px": 192, "options": {"label": "opacity", "fold": 0},
+     "note": "nnU-Net 2D with randomly applied histogram equalisation (the write-up's 336 model) at 192 px, small plan."},
+    {"name": "nnunet_2d_256", "role": "expert", "architecture": "nnunet-2d", "input_size_px": 256, "options": {"label": "opacity", "fold": 0},
+     "note": "nnU-Net 2D, the write-up's 768 model at 256 px (stage one only: no VinDr data here), small plan."},
+    {"name": "nnunet_refine_128", "role": "refinement", "architecture": "nnunet-2d", "input_size_px": 128, "options": {"label": "opacity", "fold": 0},
+     "note": "Refinement nnU-Net on crops around opacity components (and negative crops), 128 px."},
+    {"name": "lung_unet_128", "role": "lung", "architecture": "small-unet", "input_size_px": 128, "options": {},
+     "note": "SmallUNet lung segmenter on COVID-QU-Ex lung masks, 128 px."},
+]
+
+NATIVE_FILES = {
+    "xrv-densenet121": [XRV_DENSENET_FILE],
+    "convnext-fpn": ["config.json", "model.safetensors"],
+    "small-unet": ["config.json", "model.safetensors"],
+    "nnunet-2d": ["dataset.json", "plans.json", "fold_0/checkpoint_final.pth"],
+}
+
+
+def _summary(runs: Path, name: str) -> dict:
+    path = Path(runs) / name / "training_summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def assemble(exports: Path, runs: Path, out: Path, spec: list[dict], pack_name: str = "reference-covid-qu-ex") -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = {}
+    for entry in spec:
+        name, architecture = entry["name"], Architecture(entry["architecture"])
+        source, target = Path(exports) / name, out / name
+        if target.exists():
+            shutil.rmtree(target)
+        files = {}
+        for relative in NATIVE_FILES[architecture.value]:
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / relative, target / relative)
+            files[relative] = sha256_of(target / relative)
+        summary = _summary(runs, name)
+        provenance = f"{entry['note']} Data: {DATA_NOTE}. Command: {summary.get('command', 'see MODEL_CARD.md')}."
+        models[name] = {"role": entry["role"], "architecture": architecture.value, "format": NATIVE_FORMAT[architecture],
+                        "input_size_px": entry["input_size_px"], "version": "1.0.0-reference", "provenance": provenance,
+                        "files": files, "options": entry["options"]}
+    manifest = {"schema_version": SCHEMA_VERSION,
+                "pack": {"name": pack_name, "meaningful": True,
+                         "description": ("Reference pack trained on CPU from COVID-QU-Ex (smaller widths, resolutions and epochs than "
+                                         "production; same formats and loaders). " + LICENCE)},
+                "calibration": {"gate_threshold": 0.5}, "models": models}
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def write_cards(models_dir: Path, runs: Path, metrics_path: Path | None, spec: list[dict]) -> None:
+    manifest = json.loads((Path(models_dir) / MANIFEST_NAME).read_text())
+    metrics = json.loads(Path(metrics_path).read_text()) if metrics_path and Path(metrics_path).is_file() else {}
+    for entry in spec:
+        name = entry["name"]
+        card = manifest["models"][name]
+        summary = _summary(runs, name)
+        lines = [f"# {name}", "", f"**{LICENCE}**", "", entry["note"], "",
+                 "| | |", "|---|---|",
+                 f"| role | {card['role']} |", f"| architecture / format | {card['architecture']} / {card['format']} |",
+                 f"| input size | {card['input_size_px']} px |", f"| version | {card['version']} |",
+                 f"| data | {DATA_NOTE} |",
+                 f"| split used (class → split → images) | `{json.dumps(summary.get('split', {}))}` |",
+                 f"| trained on | {summary.get('device', 'CPU')} |",
+                 f"| epochs | {summary.get('epochs', '–')} (best/exported: {summary.get('best_epoch', 'last')}) |",
+                 f"| training time | {round(summary.get('train_seconds', 0) / 60, 1)} min |",
+                 f"| initialisation | {summary.get('init', 'random')} |",
+                 "", "Re-train (same command again resumes from the run folder's checkpoint):", "",
+                 "```bash", summary.get("command", "(see docs/training.md)"), "```", ""]
+        if summary.get("best_val"):
+            lines += ["Validation during training (val split): `" + json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                                                                            for k, v in summary["best_val"].items()}) + "`", ""]
+        if summary.get("operating_point"):
+            lines += [f"Operating point: `{json.dumps(summary['operating_point'])}`", ""]
+        if summary.get("last_pseudo_dice") is not None:
+            lines += [f"nnU-Net's last pseudo-Dice (val patches): {summary['last_pseudo_dice']:.3f}", ""]
+        if metrics:
+            lines += ["## Metrics on the validation split (python -m training.evaluate, the app's own code)", ""]
+            maps = metrics.get("maps", {})
+            key = name if name in maps else f"{name} (refinement)" if f"{name} (refinement)" in maps else None
+            if key:
+                m = maps[key]
+                lines += [f"- Dice (mean over COVID-19 positives, threshold 0.5): {_fmt(m['dice_mean_pos'])}; pooled {_fmt(m['dice_pooled_pos'])}; "
+                          f"IoU {_fmt(m['iou_mean_pos'])}",
+                          f"- class-balanced pixel log-loss: {_fmt(m['logloss_class_balanced'])}; ECE {_fmt(m['ece'])}"]
+            score_key = name if name in metrics.get("scores", {}) else ("classifier" if card["role"] == "classifier" else None)
+            if score_key:
+                lines += [f"- image ROC AUC COVID-19 vs Normal of its score: {_fmt(metrics['scores'][score_key]['auc'])}"]
+            if card.get("calibration"):
+                lines += [f"- calibration (calib split): `{json.dumps(card['calibration'])}`"]
+            lines += [""]
+        (Path(models_dir) / name / "MODEL_CARD.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("assemble")
+    p.add_argument("--exports", type=Path, required=True)
+    p.add_argument("--runs", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--spec", type=Path, default=None)
+    p = sub.add_parser("cards")
+    p.add_argument("--models", type=Path, required=True)
+    p.add_argument("--runs", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, default=None)
+    p.add_argument("--spec", type=Path, default=None)
+    args = parser.parse_args(argv)
+    spec = json.loads(args.spec.read_text()) if args.spec else REFERENCE_PACK
+    if args.command == "assemble":
+        assemble(args.exports, args.runs, args.out, spec)
+        print(f"assembled {args.out}")
+    else:
+        write_cards(args.models, args.runs, args.metrics, spec)
+        print(f"wrote model cards in {args.models}")
+
+
+if __name__ == "__main__":
+    main()
