@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,6 +27,14 @@ PREVIEW = "preview.png"
 RESULT = "result.json"
 
 
+#: Hidden names a run writes into the output folder before renaming: ``.<case>.<pid>.<random>.partial``
+#: (staging folders), ``.<case>.old-<pid>`` (a previous result being replaced) and
+#: ``.<name>.<pid>.<random>.tmp`` (summary.json being written).
+_STAGING = re.compile(r"^\.(?P<case>.+)\.(?P<pid>\d+)\.[^.]+\.partial$")
+_OLD = re.compile(r"^\.(?P<case>.+)\.old-(?P<pid>\d+)$")
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
 def publish_folder(staging: Path, final: Path) -> None:
     """Move a fully written staging folder to its final name; an older result is replaced whole."""
     if final.exists():
@@ -35,6 +44,55 @@ def publish_folder(staging: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, final)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own name from an earlier life of this pid (a container restarts as pid 1)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_staging(output: Path) -> list[str]:
+    """Tidy what an interrupted run (killed, power loss) left in ``output``; return what was done.
+
+    Only hidden names this writer creates are touched, and only when the process that made them is
+    gone: staging folders and temporary files are removed; a ``.<case>.old-<pid>`` folder (a
+    complete earlier result caught between the two renames of :func:`publish_folder`) is put back
+    when ``<case>`` is missing, else removed. Visible results are never touched.
+    """
+    done: list[str] = []
+    try:
+        entries = list(os.scandir(output))
+    except OSError:
+        return done
+    for entry in entries:
+        for pattern in (_STAGING, _OLD, _TEMPORARY):
+            match = pattern.match(entry.name)
+            if match is None or _alive(int(match["pid"])):
+                continue
+            path = Path(entry.path)
+            try:
+                if pattern is _OLD and not (output / match["case"]).exists():
+                    os.replace(path, output / match["case"])
+                    done.append(f"restored {match['case']} from {entry.name}")
+                elif entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(path)
+                    done.append(f"removed {entry.name}")
+                else:
+                    path.unlink()
+                    done.append(f"removed {entry.name}")
+            except OSError as exc:
+                logger.warning("Could not tidy %s left by an interrupted run: %s", path, exc)
+            break
+    for line in done:
+        logger.warning("Output folder %s: %s (left by an interrupted run).", output, line)
+    return done
 
 
 class SegWriterOperator(Operator):
@@ -59,9 +117,15 @@ class SegWriterOperator(Operator):
     def setup(self, spec: OperatorSpec) -> None:
         spec.input(self.INPUT)
 
+    def start(self) -> None:
+        """Before the first image: remove staging folders and temporary files of an interrupted run."""
+        clean_stale_staging(self._output)
+
     def _staging(self, case_id: str) -> Path:
         self._output.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".partial", dir=self._output))
+        staging = Path(tempfile.mkdtemp(prefix=f".{case_id}.{os.getpid()}.", suffix=".partial", dir=self._output))
+        staging.chmod(0o755)  # mkdtemp makes it 0700; the published result folder is for others to read
+        return staging
 
     def write(self, final: FinalResult) -> list[str]:
         """Write one processed image's outputs; return their paths."""

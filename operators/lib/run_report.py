@@ -50,9 +50,10 @@ def write_json_atomically(data: Any, path: Path) -> None:
     """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as stream:
+            os.fchmod(stream.fileno(), 0o644)  # mkstemp creates 0600; results are for others to read
             json.dump(data, stream, indent=2, default=str)
             stream.flush()
             os.fsync(stream.fileno())

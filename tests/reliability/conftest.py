@@ -46,12 +46,12 @@ def _rss_bytes(pid: int) -> int:
 
 @dataclass
 class AppProcess:
-    """A running (or finished) ``python -m app`` with RSS samples (seconds since start, bytes)."""
+    """A running (or finished) ``python -m app`` with RSS samples (seconds since start, bytes, results so far)."""
 
     proc: subprocess.Popen
     output: Path
     started: float
-    samples: list[tuple[float, int]] = field(default_factory=list)
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds, RSS bytes, results published)
     stdout: str = ""
     stderr: str = ""
     _sampler: threading.Thread | None = None
@@ -61,7 +61,7 @@ class AppProcess:
         while not self._stop.is_set() and self.proc.poll() is None:
             rss = _rss_bytes(self.proc.pid)
             if rss:
-                self.samples.append((time.monotonic() - self.started, rss))
+                self.samples.append((time.monotonic() - self.started, rss, self.results_published()))
             self._stop.wait(interval)
 
     def wait(self, timeout: float) -> int:
@@ -77,9 +77,16 @@ class AppProcess:
     def returncode(self) -> int | None:
         return self.proc.returncode
 
+    def results_published(self) -> int:
+        """Result folders visible in the output folder now."""
+        try:
+            return sum(1 for e in os.scandir(self.output) if e.is_dir() and not e.name.startswith("."))
+        except OSError:
+            return 0
+
     @property
     def peak_rss(self) -> int:
-        return max((rss for _, rss in self.samples), default=0)
+        return max((rss for _, rss, _ in self.samples), default=0)
 
     @property
     def summary(self) -> dict:
@@ -93,12 +100,24 @@ def app_command(input_folder: Path, output: Path, models: Path, *extra: str, pre
 
 
 def start_app(input_folder: Path, output: Path, models: Path, *extra: str, prefix: tuple[str, ...] = (),
-              sample_every_s: float = 0.25, env: dict[str, str] | None = None) -> AppProcess:
-    """Start the app (``bash`` execs python, so the child's pid is the app's) and sample its memory."""
+              sample_every_s: float = 0.25, env: dict[str, str] | None = None, max_file_bytes: int | None = None) -> AppProcess:
+    """Start the app (``bash`` execs python, so the child's pid is the app's) and sample its memory.
+
+    ``max_file_bytes``: RLIMIT_FSIZE for the app, so a write past it fails with EFBIG (Python
+    ignores SIGXFSZ) — a per-file "disk full".
+    """
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+
+    def limit() -> None:
+        if max_file_bytes is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     proc = subprocess.Popen(app_command(input_folder, output, models, *extra, prefix=prefix), cwd=REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=limit if max_file_bytes is not None else None)
     handle = AppProcess(proc, output, time.monotonic())
     handle._sampler = threading.Thread(target=handle._sample, args=(sample_every_s,), daemon=True)
     handle._sampler.start()
@@ -163,3 +182,27 @@ def bad_input_run(tmp_path_factory, bad_input, model_pack) -> AppProcess:
     folder, _ = bad_input
     output = tmp_path_factory.mktemp("bad_input_output")
     return run_app(folder, output, model_pack, timeout=900)
+
+
+RESULT_FILES = frozenset({"seg_probability.dcm", "seg_binary.dcm", "preview.png", "result.json"})
+
+
+def check_result_folder(folder: Path) -> None:
+    """A published result folder is complete and every file in it reads back whole."""
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    assert {p.name for p in folder.iterdir()} == RESULT_FILES, f"{folder}: {sorted(p.name for p in folder.iterdir())}"
+    for name in ("seg_probability.dcm", "seg_binary.dcm"):
+        seg = pydicom.dcmread(folder / name)
+        frames = seg.pixel_array  # the whole pixel data decodes: not truncated
+        assert np.asarray(frames).size > 0
+    with Image.open(folder / "preview.png") as image:
+        image.load()
+    assert json.loads((folder / "result.json").read_text())["status"] == "processed"
+
+
+def hidden_entries(folder: Path) -> list[str]:
+    """Names starting with '.' anywhere under ``folder`` (staging folders, temporary files)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
