@@ -29,7 +29,7 @@ import numpy as np
 from app.presets import get_preset
 from training.common import setup_run
 from training.data import records_from
-from training.metrics import best_threshold, class_balanced_logloss
+from training.metrics import EPS, best_threshold, class_balanced_logloss
 from training.pipeline import Predictions, final_map, gate_scores, predict_records
 
 logger = logging.getLogger("training.calibrate")
@@ -45,34 +45,51 @@ def map_loglosses(pred: Predictions) -> dict[str, float]:
     return out
 
 
-def optimise_zones(pred: Predictions, gate_threshold: float, start: tuple[float, ...], rounds: int = 2) -> tuple[tuple[float, ...], float]:
-    """Coordinate descent on the five zone values (non-decreasing) minimising the mean final-map log-loss.
+def zones_loss_function(pred: Predictions, gate_threshold: float):
+    """values (5 zone values) → mean class-balanced log-loss of the final Zones maps over labelled images.
 
-    Per pixel, the final map of a positive study is max(zone_value[votes], lung prior), so the loss of
-    a candidate value only needs, per image, the vote count and the prior: both are precomputed.
+    A positive study's final pixel is max(zone_value[votes], lung prior), and the lung prior takes a
+    handful of values, so each image reduces to pixel counts per (votes, truth, prior value): the
+    loss of any candidate table is then exact arithmetic on those counts.
     """
     from app.presets import BlendMode
 
     preset = get_preset("zones")
     assert preset.blend is BlendMode.ZONES
-    labelled = [i for i in np.nonzero(pred.labels >= 0)[0]]
     scores = gate_scores(pred)
-    cache = []
-    for i in labelled:
-        positive = scores[i] >= gate_threshold
-        base, _ = final_map(pred, i, preset, gate_threshold, zone_values=(0.0,) * 5)  # prior alone (zones all 0)
+    constant, tables = [], []  # per-image loss of negative studies; per positive study (counts, n_pos, n_neg, priors)
+    for i in np.nonzero(pred.labels >= 0)[0]:
+        truth = pred.masks[i]
+        base, positive = final_map(pred, i, preset, gate_threshold, zone_values=(0.0,) * 5)  # the prior alone
+        if not positive:
+            constant.append(class_balanced_logloss(base, truth))
+            continue
         maps = [pred.expert_maps[i, k].astype(np.float32) for k in range(3)] + [pred.refined[i].astype(np.float32)]
         votes = sum((m >= preset.mask_threshold).astype(np.int64) for m in maps)
-        cache.append((positive, base, votes, pred.masks[i]))
+        priors, prior_index = np.unique(base, return_inverse=True)
+        counts = np.zeros((5, 2, len(priors)))
+        np.add.at(counts, (votes.ravel(), truth.ravel().astype(np.int64), prior_index.ravel()), 1)
+        tables.append((counts, priors, int(truth.sum()), int((~truth).sum())))
 
     def loss(values: tuple[float, ...]) -> float:
-        table = np.asarray(values, np.float32)
-        total = []
-        for positive, base, votes, mask in cache:
-            final = np.maximum(base, table[votes]) if positive else base
-            total.append(class_balanced_logloss(final, mask))
-        return float(np.mean(total))
+        table = np.asarray(values, np.float64)
+        total = list(constant)
+        for counts, priors, n_pos, n_neg in tables:
+            p = np.clip(np.maximum(table[:, None], priors[None, :]), EPS, 1 - EPS)  # 5 × priors
+            neg = (counts[:, 0] * -np.log1p(-p)).sum() / max(n_neg, 1)
+            if n_pos == 0:
+                total.append(neg)
+                continue
+            pos = (counts[:, 1] * -np.log(p)).sum() / n_pos
+            total.append(pos if n_neg == 0 else 0.5 * pos + 0.5 * neg)
+        return float(np.mean(total)) if total else float("nan")
 
+    return loss
+
+
+def optimise_zones(pred: Predictions, gate_threshold: float, start: tuple[float, ...], rounds: int = 3) -> tuple[tuple[float, ...], float]:
+    """Coordinate descent on the five zone values (non-decreasing, 0.01 grid) minimising :func:`zones_loss_function`."""
+    loss = zones_loss_function(pred, gate_threshold)
     values = list(start)
     best = loss(tuple(values))
     for _ in range(rounds):
@@ -83,7 +100,7 @@ def optimise_zones(pred: Predictions, gate_threshold: float, start: tuple[float,
                 trial = list(values)
                 trial[z] = float(candidate)
                 value = loss(tuple(trial))
-                if value < best - 1e-9:
+                if value < best - 1e-12:
                     best, values = value, trial
     return tuple(values), best
 
@@ -99,8 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     setup_run(args.cache, args.threads)
     preset = get_preset("zones")
 
-    def records(split: str):
-        chosen = [r for data in args.data for r in records_from(data, [split]) if r.label >= 0]
+    def records(split: str, labelled_only: bool):
+        chosen = [r for data in args.data for r in records_from(data, [split]) if r.label >= 0 or not labelled_only]
         if args.max_per_class:
             by_class: dict[str, list] = {}
             for r in chosen:
@@ -108,10 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
             chosen = [r for members in by_class.values() for r in members[: args.max_per_class]]
         return chosen
 
-    calib = predict_records(args.models, records("calib"), preset, args.cache)
+    calib = predict_records(args.models, records("calib", True), preset, args.cache)
     loglosses = map_loglosses(calib)
     threshold = best_threshold(gate_scores(calib), calib.labels == 1)
-    val = predict_records(args.models, records("val"), preset, args.cache)
+    val = predict_records(args.models, records("val", False), preset, args.cache)  # same images as training.evaluate: one cache
     zones, zones_loss = optimise_zones(val, threshold, tuple(preset.zone_values))
     manifest_path = args.models / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
