@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import logging
+import shlex
 import os
 import shutil
 import sys
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
                "split": split_table(train_records + val_records), **training_log(trainer_folder),
                "iterations_per_epoch": args.iterations, "batch_size": args.batch_size,
                "init": str(args.init) if args.init else "random",
-               "command": "python -m training.nnunet " + " ".join(str(a) for a in (argv if argv is not None else sys.argv[1:]))}
+               "command": "python -m training.nnunet " + shlex.join(str(a) for a in (argv if argv is not None else sys.argv[1:]))}
     (work / "training_summary.json").write_text(json.dumps(summary, indent=2))
     logger.info("nnU-Net: wrote %s", args.out)
     return summary

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = write_training_summary(run_dir, state, {
         "model": "convnext-fpn", "device": device_description(device), "split": split_table(train_records + val_records),
         "init": f"open_clip checkpoint {args.clip_checkpoint}" if args.clip_checkpoint else "random (no CLIP checkpoint available here)",
-        "command": "python -m training.train_convnext_fpn " + " ".join(str(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "command": "python -m training.train_convnext_fpn " + shlex.join(str(a) for a in (argv if argv is not None else sys.argv[1:])),
     })
     logger.info("convnext-fpn: wrote %s (best epoch %d)", args.out, state.best_epoch)
     return summary

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     write_safetensors_folder(args.out, model.cpu(), config.to_dict(), fp16=True)
     summary = write_training_summary(run_dir, state, {
         "model": "lung", "device": device_description(device), "split": split_table(train_records + val_records),
-        "command": "python -m training.train_lung " + " ".join(str(a) for a in (argv if argv is not None else __import__("sys").argv[1:])),
+        "command": "python -m training.train_lung " + shlex.join(str(a) for a in (argv if argv is not None else sys.argv[1:])),
     })
     logger.info("lung: wrote %s (best epoch %d, val Dice %.4f)", args.out, state.best_epoch, state.best_metric)
     return summary
