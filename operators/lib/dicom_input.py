@@ -334,7 +334,8 @@ def _decode_pixels(ds: Dataset, path: Path, warnings: list[str]) -> np.ndarray:
     if stored.ndim != 2:
         raise InputRejected(f"{name}: decoded pixel array has shape {stored.shape}; expected one 2D frame.")
     try:
-        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+        modality = np.asarray(apply_modality_lut(stored, ds))
+        values = modality.astype(np.float64)
     except Exception as exc:  # malformed Modality LUT Sequence or rescale values: the HU/OD scale is unknown
         raise InputRejected(f"{name}: the Modality LUT / rescale cannot be applied ({type(exc).__name__}: {exc}).") from exc
     if values.shape != stored.shape:
@@ -345,7 +346,10 @@ def _decode_pixels(ds: Dataset, path: Path, warnings: list[str]) -> np.ndarray:
     if has_voi:
         problem = None
         try:
-            windowed = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
+            # a VOI LUT Sequence is indexed by the modality values: keep them integers when they are
+            integral = modality.dtype.kind in "iu" or bool(np.all(values == np.round(values)))
+            voi_input = modality if modality.dtype.kind in "iu" else (values.astype(np.int64) if integral else values)
+            windowed = np.asarray(apply_voi_lut(voi_input, ds), dtype=np.float64)
             if windowed.shape != values.shape:
                 problem = f"it changed the image shape to {windowed.shape}"
             elif not np.all(np.isfinite(windowed)):

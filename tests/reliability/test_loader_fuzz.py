@@ -19,7 +19,6 @@ import io
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +95,17 @@ def _base_files() -> dict[str, bytes]:
     return out
 
 
-BASES: dict[str, bytes] = _base_files() if DICOM.is_dir() else {}
-WORKDIR = Path(tempfile.mkdtemp(prefix="cxr_fuzz_"))
+BASES: dict[str, bytes] = {}  # filled by the module fixture below, read by the strategies at draw time
+WORKDIR: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bases_and_workdir(tmp_path_factory):
+    BASES.update(_base_files())
+    WORKDIR.append(tmp_path_factory.mktemp("fuzz"))
+    yield
+    BASES.clear()
+    WORKDIR.clear()
 
 
 def _raw_element(tag: int, raw: bytes) -> DataElement:
@@ -212,7 +220,7 @@ def mangled_files(draw) -> Example:
 
 
 def _check_outcome(data: bytes, done: list[str]) -> None:
-    path = WORKDIR / "mutated.dcm"
+    path = WORKDIR[0] / "mutated.dcm"
     path.write_bytes(data)
     try:
         image = load_cxr(path, "fuzz")
@@ -238,7 +246,7 @@ FUZZ_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=
 def test_bases_load_cleanly():
     assert set(BASES) == {"native", "rle", "j2k", "rg1"}
     for name, data in BASES.items():
-        path = WORKDIR / f"base_{name}.dcm"
+        path = WORKDIR[0] / f"base_{name}.dcm"
         path.write_bytes(data)
         image = load_cxr(path, name)
         assert image.pixels.shape in ((256, 256), (320, 300))
