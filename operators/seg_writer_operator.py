@@ -1,4 +1,5 @@
-"""Output: for each image, two DICOM SEGs, a preview PNG and result.json, written atomically."""
+"""Output: for each image, two DICOM SEGs, a heat-map Secondary Capture, an SR, a preview PNG and
+result.json, written atomically."""
 
 from __future__ import annotations
 
@@ -11,20 +12,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.lib.case_report import failed_report, processed_report
+from operators.lib.components import component_boxes
 from operators.lib.preview import render_preview, save_png_atomically
 from operators.lib.results import FinalResult, StepFailure
 from operators.lib.run_report import Outcome, RunLedger, write_json_atomically
+from operators.lib.sc_output import SC_MAX_SIDE_PX, build_heatmap_secondary_capture
 from operators.lib.seg_output import AlgorithmInfo, build_binary_seg, build_probability_seg, write_dataset_atomically
+from operators.lib.sr_output import build_opacity_sr
 
 logger = logging.getLogger(__name__)
 
 PROBABILITY_SEG = "seg_probability.dcm"
 BINARY_SEG = "seg_binary.dcm"
+SC_HEATMAP = "sc_heatmap.dcm"
+SR_OPACITY = "sr_opacity.dcm"
 PREVIEW = "preview.png"
 RESULT = "result.json"
+#: Opacity regions (connected components of the mask, largest first) reported with 2D coordinates in the SR.
+SR_MAX_REGIONS = 8
 
 
 #: Hidden names a run writes into the output folder before renaming: ``.<case>.<pid>.<random>.partial``
@@ -99,7 +108,9 @@ class SegWriterOperator(Operator):
     """Named input: ``final`` (FinalResult or StepFailure).
 
     File output, under ``<output>/<case_id>/``: ``seg_probability.dcm`` (FRACTIONAL PROBABILITY SEG),
-    ``seg_binary.dcm`` (BINARY SEG: opacity, lung), ``preview.png``, ``result.json``. Files are
+    ``seg_binary.dcm`` (BINARY SEG: opacity, lung), ``sc_heatmap.dcm`` (Secondary Capture with the heat
+    map burned in, NOT FOR DIAGNOSTIC USE), ``sr_opacity.dcm`` (TID 1500 SR: score, decision, regions,
+    reference to the SEG), ``preview.png``, ``result.json``. Files are
     written into a hidden staging folder that is renamed into place when complete, so a crash never
     leaves a partial result. A failed image gets only ``result.json`` with the reason.
     """
@@ -137,10 +148,19 @@ class SegWriterOperator(Operator):
             binary_seg = build_binary_seg(case.dataset, final.opacity_mask, final.lung.mask, self._algorithm)
             write_dataset_atomically(prob_seg, staging / PROBABILITY_SEG)
             write_dataset_atomically(binary_seg, staging / BINARY_SEG)
-            title = f"{final.gate.mean_score:.2f} {'positive' if final.gate.positive else 'negative'} · {self._algorithm.preset}"
+            gate = final.gate
+            decision = "positive" if gate.positive else "negative"
+            title = f"{gate.mean_score:.2f} {decision} · {self._algorithm.preset}"
             save_png_atomically(render_preview(case.pixels, final.prob_map, final.opacity_mask, title=title), staging / PREVIEW)
+            heatmap = np.asarray(render_preview(case.pixels, final.prob_map, final.opacity_mask, max_side_px=SC_MAX_SIDE_PX))
+            caption = f"opacity score {gate.mean_score:.2f} ({decision}, threshold {gate.threshold:.2f}), preset {self._algorithm.preset}"
+            write_dataset_atomically(build_heatmap_secondary_capture(case.dataset, heatmap, self._algorithm, caption=caption),
+                                     staging / SC_HEATMAP)
+            sr = build_opacity_sr(case.dataset, binary_seg, gate.mean_score, gate.positive, gate.threshold, self._algorithm,
+                                  regions=component_boxes(final.opacity_mask, SR_MAX_REGIONS))
+            write_dataset_atomically(sr, staging / SR_OPACITY)
             target = self._output / case.case_id
-            outputs = [str(target / name) for name in (PROBABILITY_SEG, BINARY_SEG, PREVIEW, RESULT)]
+            outputs = [str(target / name) for name in (PROBABILITY_SEG, BINARY_SEG, SC_HEATMAP, SR_OPACITY, PREVIEW, RESULT)]
             report = processed_report(final, self._algorithm.preset, self._models, outputs, time.perf_counter() - started)
             write_json_atomically(report, staging / RESULT)
             publish_folder(staging, target)
@@ -164,7 +184,12 @@ class SegWriterOperator(Operator):
         case = item.case
         if isinstance(item, StepFailure):
             reason = f"{case.path}: step {item.step} failed: {item.message}"
-            outputs = self.write_failure(item)
+            try:
+                outputs = self.write_failure(item)
+            except Exception as exc:  # the failure report itself could not be written (e.g. a full disk)
+                logger.exception("Writing the failure report for %s failed", case.path)
+                reason += f" (and its result.json could not be written: {type(exc).__name__}: {exc})"
+                outputs = []
             self._ledger.record(case.path, Outcome.FAILED, reason, case.case_id, outputs)
             return
         try:

@@ -51,6 +51,13 @@ def test_every_output_seg_passes_dciodvfy_and_reads_back(mixed_run, dciodvfy_err
             assert seg.SeriesInstanceUID != source.SeriesInstanceUID
             assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
             assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        for name in ("sc_heatmap.dcm", "sr_opacity.dcm"):
+            errors = dciodvfy_errors(folder / name)
+            assert errors == [], f"{folder / name}: {errors}"
+        sc = pydicom.dcmread(folder / "sc_heatmap.dcm")
+        assert sc.BurnedInAnnotation == "YES" and sc.StudyInstanceUID == source.StudyInstanceUID
+        sr = hd.sr.srread(folder / "sr_opacity.dcm")
+        assert sr.StudyInstanceUID == source.StudyInstanceUID
         assert (folder / "preview.png").stat().st_size > 1000
 
 
