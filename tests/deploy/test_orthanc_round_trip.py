@@ -4,7 +4,7 @@ The real DICOMs are stored in a throw-away Orthanc, Orthanc sends each study to 
 PACS "send to AI node" or a router would: Orthanc's own C-STORE SCU, calling AE ORTHANC), the listener
 (``python -m deploy.listener`` in a subprocess, random model pack) runs the app per complete study and
 C-STOREs the results back. The test then finds the result series in Orthanc by StudyInstanceUID,
-downloads them and reads them with highdicom; SC and SR series are checked too when the app writes them.
+downloads them and reads them with highdicom; SC and SR series are checked too.
 """
 
 from __future__ import annotations
@@ -116,10 +116,12 @@ def test_seg_series_are_in_orthanc_and_read_back(round_trip):
             assert seg.get_segment_description(1).segment_label == "Opacity"
 
 
-def test_sc_and_sr_series_when_the_app_writes_them(round_trip):
-    """Heat-map SC (Modality OT) and opacity SR: checked when present (the writer adds them)."""
+def test_sc_and_sr_series_arrive_with_the_segs(round_trip):
+    """Heat-map SC (Modality OT) and opacity SR, one each per processed image, beside the two SEGs."""
     orthanc = round_trip["orthanc"]
     for study_uid, (_, source) in round_trip["studies"].items():
+        modalities = sorted(series["MainDicomTags"]["Modality"] for series in round_trip["found"][study_uid])
+        assert modalities == ["OT", "SEG", "SEG", "SR"], modalities
         for series in round_trip["found"][study_uid]:
             modality = series["MainDicomTags"]["Modality"]
             if modality == "OT":
