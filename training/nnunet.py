@@ -128,12 +128,17 @@ def train(paths: dict[str, Path], dataset_id: int, name: str, trainer_key: str, 
     trainer_cls = getattr(nnunet_trainers, TRAINERS[trainer_key])
     out = paths["nnUNet_results"] / dataset_name / f"{trainer_cls.__name__}__{PLANS}__2d" / "fold_0"
     final, latest = out / "checkpoint_final.pth", out / "checkpoint_latest.pth"
+    if final.is_file():
+        done = int(torch.load(final, map_location="cpu", weights_only=False)["current_epoch"])
+        wanted = int(os.environ.get("CXR_NNUNET_EPOCHS", 0))
+        if done >= wanted:
+            logger.info("nnU-Net: %s already finished (%d epochs)", final, done)
+            return out
+        final.replace(latest)  # more epochs asked for: continue from the final checkpoint
+        logger.info("nnU-Net: continuing %s from epoch %d to %d", out, done, wanted)
     plans["continue_training"] = latest.is_file()
     trainer = trainer_cls(plans=plans, configuration="2d", fold=0, dataset_json=dataset_json, device=device)
     assert Path(trainer.output_folder) == out, (trainer.output_folder, out)
-    if final.is_file():
-        logger.info("nnU-Net: %s already finished", final)
-        return out
     if latest.is_file():
         trainer.load_checkpoint(str(latest))
         logger.info("nnU-Net: resumed from %s at epoch %d", latest, trainer.current_epoch)
@@ -145,6 +150,12 @@ def train(paths: dict[str, Path], dataset_id: int, name: str, trainer_key: str, 
     return out
 
 
+def _checkpoint_of(trainer_folder: Path) -> Path:
+    """checkpoint_final.pth, or checkpoint_latest.pth of a run stopped early (``--export-only``)."""
+    final = Path(trainer_folder) / "fold_0" / "checkpoint_final.pth"
+    return final if final.is_file() else Path(trainer_folder) / "fold_0" / "checkpoint_latest.pth"
+
+
 def export_model_folder(trainer_folder: Path, out: Path, fp16: bool = True) -> Path:
     """Copy nnU-Net's trained-model folder (dataset.json, plans.json, fold_0/checkpoint_final.pth) to ``out``,
     with ``trainer_name`` = ``nnUNetTrainer`` (same architecture) and optionally fp16 network weights."""
@@ -152,7 +163,7 @@ def export_model_folder(trainer_folder: Path, out: Path, fp16: bool = True) -> P
     (out / "fold_0").mkdir(parents=True, exist_ok=True)
     for name in ("dataset.json", "plans.json"):
         shutil.copy(trainer_folder / name, out / name)
-    checkpoint = torch.load(trainer_folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(_checkpoint_of(trainer_folder), map_location="cpu", weights_only=False)
     checkpoint["trainer_name"] = "nnUNetTrainer"
     checkpoint["init_args"]["device"] = torch.device("cpu")
     if fp16:
@@ -164,7 +175,7 @@ def export_model_folder(trainer_folder: Path, out: Path, fp16: bool = True) -> P
 
 def training_log(trainer_folder: Path) -> dict:
     """Epochs, seconds and the last pseudo-Dice from nnU-Net's logger in the final checkpoint."""
-    checkpoint = torch.load(Path(trainer_folder) / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(_checkpoint_of(trainer_folder), map_location="cpu", weights_only=False)
     log = checkpoint["logging"]
     starts, ends = log.get("epoch_start_timestamps", []), log.get("epoch_end_timestamps", [])
     seconds = float(sum(e - s for s, e in zip(starts, ends)))
@@ -193,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-images", type=int, default=0, help="at most N train and N val images (tests)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--export-only", action="store_true", help="no training: export the final (or latest) checkpoint as it is")
     args = parser.parse_args(argv)
 
     work = setup_run(args.work, args.threads)
@@ -219,7 +231,12 @@ def main(argv: list[str] | None = None) -> dict:
                             {"train": [r.id for r in train_records], "val": [r.id for r in val_records]})
         logger.info("nnU-Net: plans + preprocessing done (%.0fs)", time.time() - started)
     device = torch.device(args.device)
-    trainer_folder = train(paths, args.dataset_id, args.name, args.trainer, device, args.init).parent
+    if args.export_only:
+        from training import nnunet_trainers
+
+        trainer_folder = paths["nnUNet_results"] / dataset_name / f"{getattr(nnunet_trainers, TRAINERS[args.trainer]).__name__}__{PLANS}__2d"
+    else:
+        trainer_folder = train(paths, args.dataset_id, args.name, args.trainer, device, args.init).parent
     export_model_folder(trainer_folder, args.out, fp16=args.fp16)
     summary = {"model": f"nnunet-2d ({args.trainer})", "size": args.size, "features": list(features), "device": str(device),
                "split": split_table(train_records + val_records), **training_log(trainer_folder),
