@@ -184,23 +184,28 @@ def bad_input_run(tmp_path_factory, bad_input, model_pack) -> AppProcess:
     return run_app(folder, output, model_pack, timeout=900)
 
 
+#: files every processed image's folder has (the writer may add more: it lists them all in result.json)
 RESULT_FILES = frozenset({"seg_probability.dcm", "seg_binary.dcm", "preview.png", "result.json"})
 
 
 def check_result_folder(folder: Path) -> None:
-    """A published result folder is complete and every file in it reads back whole."""
+    """A published result folder is complete — exactly the files its result.json lists, at least
+    RESULT_FILES — and every file in it reads back whole."""
     import numpy as np
     import pydicom
     from PIL import Image
 
-    assert {p.name for p in folder.iterdir()} == RESULT_FILES, f"{folder}: {sorted(p.name for p in folder.iterdir())}"
-    for name in ("seg_probability.dcm", "seg_binary.dcm"):
-        seg = pydicom.dcmread(folder / name)
-        frames = seg.pixel_array  # the whole pixel data decodes: not truncated
-        assert np.asarray(frames).size > 0
+    report = json.loads((folder / "result.json").read_text())
+    assert report["status"] == "processed", folder
+    listed = {Path(p).name for p in report["outputs"]}
+    present = {p.name for p in folder.iterdir()}
+    assert present == listed and RESULT_FILES <= present, f"{folder}: {sorted(present)} (listed: {sorted(listed)})"
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if "PixelData" in ds:
+            assert np.asarray(ds.pixel_array).size > 0  # the whole pixel data decodes: not truncated
     with Image.open(folder / "preview.png") as image:
         image.load()
-    assert json.loads((folder / "result.json").read_text())["status"] == "processed"
 
 
 def hidden_entries(folder: Path) -> list[str]:

@@ -47,8 +47,9 @@ def test_every_study_completes_and_is_accounted_for(load_run):
     case_ids = [r["case_id"] for r in summary["files"]]
     assert len(set(case_ids)) == STUDIES
     for record in summary["files"]:
-        assert {Path(p).name for p in record["outputs"]} == RESULT_FILES
-        assert {p.name for p in (run.output / record["case_id"]).iterdir()} == RESULT_FILES
+        listed = {Path(p).name for p in record["outputs"]}
+        assert RESULT_FILES <= listed
+        assert {p.name for p in (run.output / record["case_id"]).iterdir()} == listed
     for record in summary["files"][::25]:  # a sample read back whole
         check_result_folder(run.output / record["case_id"])
     assert hidden_entries(run.output) == []

@@ -7,7 +7,7 @@ killed run left behind.
 
 Read-only: tests run as root, for whom permissions do not apply, so the app is started through
 ``setpriv`` without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH (still uid 0, but permission bits now
-bind); as any other user a chmod is enough. Full disk: a 1 MiB tmpfs mounted on the output folder
+bind); as any other user a chmod is enough. Full disk: a 1.5 MiB tmpfs mounted on the output folder
 when the test may mount, else RLIMIT_FSIZE (writes past 600 KiB fail with EFBIG).
 """
 
@@ -74,11 +74,11 @@ def test_read_only_output_folder_writes_nothing_and_fails_with_the_reason(tmp_pa
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """(output folder, how it is full, app kwargs): a 1 MiB tmpfs when mounting works, else RLIMIT_FSIZE."""
+    """(output folder, how it is full, app kwargs): a 1.5 MiB tmpfs when mounting works, else RLIMIT_FSIZE."""
     output = tmp_path / "out"
     output.mkdir()
     mounted = os.geteuid() == 0 and shutil.which("mount") and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(output)], capture_output=True).returncode == 0
+        ["mount", "-t", "tmpfs", "-o", "size=1536k,mode=0755", "tmpfs", str(output)], capture_output=True).returncode == 0
     try:
         if mounted:
             yield output, "No space left on device", {}
