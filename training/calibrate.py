@@ -110,25 +110,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", type=Path, required=True)
     parser.add_argument("--data", type=Path, nargs="+", required=True)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/cxr_eval_cache"))
-    parser.add_argument("--max-per-class", type=int, default=0, help="at most N images per class and split (quick runs)")
+    parser.add_argument("--max-calib-per-class", type=int, default=0, help="at most N calib images per class (the write-up used 14 studies)")
+    parser.add_argument("--max-val-per-class", type=int, default=0, help="at most N val images per class (use evaluate's --max-per-class)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     setup_run(args.cache, args.threads)
     preset = get_preset("zones")
 
-    def records(split: str, labelled_only: bool):
+    def records(split: str, labelled_only: bool, limit: int):
         chosen = [r for data in args.data for r in records_from(data, [split]) if r.label >= 0 or not labelled_only]
-        if args.max_per_class:
+        if limit:
             by_class: dict[str, list] = {}
             for r in chosen:
                 by_class.setdefault(r.cls, []).append(r)
-            chosen = [r for members in by_class.values() for r in members[: args.max_per_class]]
+            chosen = [r for members in by_class.values() for r in members[:limit]]
         return chosen
 
-    calib = predict_records(args.models, records("calib", True), preset, args.cache)
+    calib = predict_records(args.models, records("calib", True, args.max_calib_per_class), preset, args.cache)
     loglosses = map_loglosses(calib)
     threshold = best_threshold(gate_scores(calib), calib.labels == 1)
-    val = predict_records(args.models, records("val", False), preset, args.cache)  # same images as training.evaluate: one cache
+    val = predict_records(args.models, records("val", False, args.max_val_per_class), preset, args.cache)  # same images as training.evaluate: one cache
     zones, zones_loss = optimise_zones(val, threshold, tuple(preset.zone_values))
     manifest_path = args.models / "manifest.json"
     manifest = json.loads(manifest_path.read_text())

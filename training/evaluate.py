@@ -155,7 +155,8 @@ def pictures(pred: Predictions, results: dict, maps: dict, scores: dict, out: Pa
     pos = [i for i in range(len(pred.ids)) if pred.labels[i] == 1]
     if pos:
         ranked = sorted(pos, key=lambda i: dice(final[i] >= 0.5, pred.masks[i]))
-        chosen = [("worst", i) for i in ranked[:4]] + [("best", i) for i in ranked[-4:]]
+        k = max(1, min(4, len(ranked) // 2))
+        chosen = [("worst", i) for i in ranked[:k]] + [("best", i) for i in ranked[-k:]]
         fig, axes = plt.subplots(2, 4, figsize=(12, 6.4))
         for ax, (kind, i) in zip(axes.ravel(), chosen):
             ax.imshow(pred.images[i], cmap="gray")

@@ -22,7 +22,7 @@ python -m training.nnunet --data "$R/nnunet_refine_128/crops" --work "$R/nnunet_
 python -m training.train_classifier --data "$D" --out "$E/xrv_densenet121_opacity" --run-dir "$R/xrv_densenet121_opacity" \
   --epochs 3 --low-res-epochs 2 --low-res 112 --max-full-res-images 400 --device "$DEV"
 python -m training.make_pack assemble --exports "$E" --runs "$R" --out "$M"
-python -m training.calibrate --models "$M" --data "$D" --cache "$R/eval"
+python -m training.calibrate --models "$M" --data "$D" --cache "$R/eval" --max-calib-per-class 100
 python -m training.evaluate --models "$M" --data "$D" --split val --out "$R/report" --cache "$R/eval"
 python -m training.make_pack cards --models "$M" --runs "$R" --metrics "$R/report/metrics.json"
 echo "reference pack in $M; report in $R/report/report.html"
