@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,6 +85,16 @@ def _blend_weights(models, preset) -> tuple[dict[str, float], str]:
     return dict(zip(names, (float(w) for w in blend_weights_from_logloss(losses)))), "1 / weighted log-loss (manifest)"
 
 
+def _write_summary(ledger: RunLedger, output_folder: Path) -> bool:
+    """Write summary.json; on failure (e.g. the disk filled up) log why and return False."""
+    try:
+        ledger.write_summary(output_folder / SUMMARY_NAME)
+        return True
+    except OSError as exc:
+        logger.error("Cannot write %s: %s", output_folder / SUMMARY_NAME, exc)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the app; return the exit code."""
     args = build_parser().parse_args(argv)
@@ -101,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.CONFIGURATION)
     try:
         output_folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_folder, prefix=f".write-test.{os.getpid()}.", suffix=".tmp"):
+            pass
     except OSError as exc:
-        logger.error("Output folder %s cannot be created: %s", output_folder, exc)
+        logger.error("Output folder %s cannot be created or written: %s", output_folder, exc)
         return int(ExitCode.CONFIGURATION)
 
     # Thread settings, deliberately: the graph runs one operator at a time, so torch's intra-op pool
@@ -162,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         logger.exception("The application failed")
         ledger.info["error"] = "the application failed; see the log"
-        ledger.write_summary(output_folder / SUMMARY_NAME)
+        _write_summary(ledger, output_folder)
         return int(ExitCode.ERROR)
-    ledger.write_summary(output_folder / SUMMARY_NAME)
+    if not _write_summary(ledger, output_folder):
+        return int(ExitCode.ERROR)
     counts = ledger.counts()
     logger.info("Done in %.1fs: %s. Summary: %s", time.perf_counter() - started, counts, output_folder / SUMMARY_NAME)
     return int(ledger.exit_code())
