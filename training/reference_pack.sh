@@ -15,7 +15,7 @@ python -m training.train_convnext_fpn --data "$D" --out "$E/convnext_fpn_256" --
 python -m training.nnunet --data "$D" --work "$R/nnunet_2d_192_histeq" --dataset-id 501 --name CxrOpacity192 --size 192 \
   --features 8,16,32,64,128 --trainer histeq --epochs 30 --iterations 25 --val-iterations 5 --out "$E/nnunet_2d_192_histeq" --device "$DEV"
 python -m training.nnunet --data "$D" --work "$R/nnunet_2d_256" --dataset-id 502 --name CxrOpacity256 --size 256 \
-  --features 8,16,32,64,128 --trainer short --epochs 16 --iterations 25 --val-iterations 5 --out "$E/nnunet_2d_256" --device "$DEV"
+  --features 8,16,32,64,128 --trainer short --epochs 12 --iterations 25 --val-iterations 5 --out "$E/nnunet_2d_256" --device "$DEV"
 python -m training.crops --data "$D" --out "$R/nnunet_refine_128/crops"
 python -m training.nnunet --data "$R/nnunet_refine_128/crops" --work "$R/nnunet_refine_128" --dataset-id 503 --name CxrRefine128 --size 128 \
   --features 8,16,32,64,128 --trainer short --epochs 12 --iterations 50 --val-iterations 10 --out "$E/nnunet_refine_128" --device "$DEV"
