@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from app import APP_NAME, __version__
@@ -148,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     from operators.lib.seg_output import AlgorithmInfo
 
     gate_threshold = preset.gate_threshold if preset.gate_threshold is not None else (models.manifest.gate_threshold or 0.5)
+    try:
+        calibrated_zones = models.manifest.zone_values
+    except ModelFolderError as exc:
+        logger.error("Cannot start: %s", exc)
+        return int(ExitCode.CONFIGURATION)
+    if calibrated_zones is not None and preset.zone_values_from_calibration:
+        preset = replace(preset, zone_values=calibrated_zones)
+    zones_source = "manifest calibration" if calibrated_zones is not None and preset.zone_values_from_calibration else "preset default"
     weights, weights_source = _blend_weights(models, preset)
     ledger = RunLedger()
     ledger.info = {
@@ -157,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "torch_threads": torch.get_num_threads(),
         "gate_threshold": gate_threshold,
+        "zone_values": list(preset.zone_values) if preset.blend is BlendMode.ZONES else None,
+        "zone_values_source": zones_source if preset.blend is BlendMode.ZONES else None,
         "blend_weights": weights if preset.blend is BlendMode.WEIGHTED else {},
         "blend_weights_source": weights_source if preset.blend is BlendMode.WEIGHTED else None,
         "model_pack": models.manifest.pack,

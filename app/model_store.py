@@ -136,6 +136,16 @@ class Manifest:
         value = self.calibration.get("gate_threshold")
         return None if value is None else float(value)
 
+    @property
+    def zone_values(self) -> tuple[float, float, float, float, float] | None:
+        """Calibrated Zones values (0–4 agreeing maps), or None when the pack has none."""
+        values = self.calibration.get("zone_values")
+        if values is None:
+            return None
+        if len(values) != 5 or not all(0.0 <= float(v) <= 1.0 for v in values):
+            raise ModelFolderError(f"{self.folder / MANIFEST_NAME}: calibration.zone_values must be five values in [0, 1]; got {values}.")
+        return tuple(float(v) for v in values)  # type: ignore[return-value]
+
 
 def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""

@@ -16,7 +16,8 @@ gets the lung prior twice — first the negative-study value inside a wide dilat
 (``dilation_fraction``) — so probabilities step down smoothly towards the lung border. A negative
 study gets one pass at the negative-study value. Values not given by the write-up (zone values,
 dilation radii, gate threshold) are ours and say so; calibration (``models/manifest.json``) supplies
-the gate threshold and the Weighted blend weights.
+the gate threshold, the Weighted blend weights and the Zones values (which replace the defaults
+below when the pack has them).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class Preset:
     lung_prior: LungPrior
     #: Zones: value for 0, 1, 2, 3, 4 agreeing maps (ours; the write-up optimised them on its validation)
     zone_values: tuple[float, float, float, float, float] = (0.0, 0.35, 0.55, 0.75, 0.9)
+    #: use the pack's calibrated ``calibration.zone_values`` (fitted on validation, as the write-up did) when present
+    zone_values_from_calibration: bool = True
     #: gate threshold on the mean of the four scores; None = the manifest's calibration (default 0.5)
     gate_threshold: float | None = None
     #: an expert pixel "marks opacity" at or above this probability (Zones votes, step 3 union)

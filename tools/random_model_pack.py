@@ -207,7 +207,7 @@ def build_random_pack(out: Path, seed: int = 0, lung: str = "unet", nnunet_featu
         "schema_version": SCHEMA_VERSION,
         "pack": {"name": "random-test-pack", "meaningful": False,
                  "description": "Tiny random-initialised models in the real on-disk formats. Outputs mean nothing."},
-        "calibration": {"gate_threshold": 0.5},
+        "calibration": {"gate_threshold": 0.5, "zone_values": [0.0, 0.3, 0.5, 0.7, 0.9]},
         "models": models,
     }
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))

@@ -24,6 +24,7 @@ def test_mixed_folder_exit_code_and_accounting(mixed_run):
     processed = {Path(r["path"]).name for r in mixed_run.records("processed")}
     assert PROCESSED_NAMES <= processed
     assert summary["preset"] == "zones"
+    assert summary["zone_values"] == [0.0, 0.3, 0.5, 0.7, 0.9] and summary["zone_values_source"] == "manifest calibration"
     assert summary["model_pack"]["meaningful"] is False
 
 

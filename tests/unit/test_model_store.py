@@ -103,3 +103,10 @@ def test_xrv_pspnet_loads_from_its_real_file_format(tmp_path):
     lungs = XrvLungSegmenter("xrv_pspnet_lungs", folder, torch.device("cpu"))
     mask = lungs.predict_mask(np.random.default_rng(1).random((600, 500), dtype=np.float32))
     assert mask.shape == (600, 500) and mask.dtype == bool
+
+
+def test_zone_values_must_be_five_probabilities(pack_copy):
+    assert read_manifest(pack_copy).zone_values == (0.0, 0.3, 0.5, 0.7, 0.9)
+    _edit_manifest(pack_copy, lambda d: d["calibration"].update(zone_values=[0.1, 0.2]))
+    with pytest.raises(ModelFolderError, match="five values in"):
+        read_manifest(pack_copy).zone_values
