@@ -59,6 +59,20 @@ def xrv_batch(images_u8: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([xrv_input(image.astype(np.float32) / 255.0, size) for image in images_u8])
 
 
+def to_fp16_keeping_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Half precision except BatchNorm running statistics: on xrv's [-1024, 1024] input the first
+    BatchNorm's running variance is ~1e6, beyond fp16's range (65504). xrv's loader copies every tensor
+    into its fp32 network, so the mixed file loads exactly."""
+    model = model.half()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.float()
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"non-finite values after fp16 conversion: {bad}")
+    return model
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, nargs="+", required=True)
@@ -143,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.classifier.bias[OPACITY_INDEX] += shift
     model = model.cpu().eval()
     if args.fp16:
-        model = model.half()
+        model = to_fp16_keeping_batchnorm(model)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(model, args.out / XRV_DENSENET_FILE)
     summary = write_training_summary(run_dir, state, {
