@@ -63,10 +63,12 @@ def to_fp16_keeping_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """Half precision except BatchNorm running statistics: on xrv's [-1024, 1024] input the first
     BatchNorm's running variance is ~1e6, beyond fp16's range (65504). xrv's loader copies every tensor
     into its fp32 network, so the mixed file loads exactly."""
+    norms = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)}
+    kept = {name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in norms.items()}
     model = model.half()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.float()
+    for name, module in norms.items():
+        module.float()
+        module.load_state_dict(kept[name])
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"non-finite values after fp16 conversion: {bad}")
