@@ -21,7 +21,7 @@ from pathlib import Path
 from app.model_store import MANIFEST_NAME, NATIVE_FORMAT, SCHEMA_VERSION, Architecture, sha256_of
 from tools.random_model_pack import XRV_DENSENET_FILE
 
-DATA_NOTE = ("COVID-QU-Ex 'Infection Segmentation Data/Train' (../shared/data), our deterministic split "
+DATA_NOTE = ("COVID-QU-Ex 'Infection Segmentation Data/Train' (its path is the recipes' --data argument), our deterministic split "
              "(sha1 of file name per class: train 70 % / val 15 % / calib 15 %)")
 LICENCE = ("Research use only, not for clinical use. Trained on COVID-QU-Ex (Tahir et al., Qatar University; "
            "research-use terms of the dataset); the weights inherit those terms.")
@@ -52,8 +52,21 @@ NATIVE_FILES = {
 
 
 def _summary(runs: Path, name: str) -> dict:
+    """A run's training_summary.json, its re-train command made machine-independent (see :func:`portable_command`)."""
     path = Path(runs) / name / "training_summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    if "command" in summary:
+        summary["command"] = portable_command(summary["command"], data=summary.get("data"), runs=runs)
+    return summary
+
+
+def portable_command(command: str, data: str | None, runs: Path) -> str:
+    """Replace this machine's data and run folders in a recorded command by ``$DATA`` and ``$RUNS``,
+    so the pack names no local path (the product never depends on where it was trained)."""
+    for path, variable in ((data, "$DATA"), (str(Path(runs).resolve()), "$RUNS"), (str(runs), "$RUNS")):
+        if path:
+            command = command.replace(f"'{path}'", f'"{variable}"').replace(path, variable)
+    return command
 
 
 def assemble(exports: Path, runs: Path, out: Path, spec: list[dict], pack_name: str = "reference-covid-qu-ex") -> Path:
