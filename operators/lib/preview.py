@@ -8,13 +8,13 @@ so the outline stays visible however much the image was shrunk.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
+
+from operators.lib.atomic_file import write_atomically
 
 #: Probabilities at or below this are not coloured.
 HEAT_THRESHOLD = 0.05
@@ -172,18 +172,4 @@ def save_png_atomically(img: Image.Image, path: Path) -> None:
     path : pathlib.Path
         Final file name; its folder must exist.
     """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp creates 0600
-            img.save(handle, format="PNG", compress_level=3)  # a preview: speed over the last bytes
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomically(Path(path), lambda stream: img.save(stream, format="PNG", compress_level=3))  # a preview: speed over the last bytes

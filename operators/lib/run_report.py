@@ -7,14 +7,14 @@ images. At the end the app writes ``summary.json`` (atomically) and derives the 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from operators.lib.atomic_file import write_atomically
 
 
 class Outcome(str, Enum):
@@ -50,17 +50,7 @@ def write_json_atomically(data: Any, path: Path) -> None:
     """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            os.fchmod(stream.fileno(), 0o644)  # mkstemp creates 0600; results are for others to read
-            json.dump(data, stream, indent=2, default=str)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda stream: stream.write(json.dumps(data, indent=2, default=str).encode()))
 
 
 class RunLedger:

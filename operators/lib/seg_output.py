@@ -40,8 +40,6 @@ from __future__ import annotations
 import copy
 import datetime
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +58,8 @@ from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.valuerep import DA, TM, format_number_as_ds, validate_value
+
+from operators.lib.atomic_file import write_atomically
 
 #: Segmented property type of the opacity segment (DCM 112001 "Opacity").
 OPACITY_CODE: Code = codes.DCM.Opacity
@@ -470,34 +470,5 @@ def write_dataset_atomically(dataset: pydicom.Dataset, path: Path) -> None:
     path : pathlib.Path
         Final file name; its folder must exist.
     """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            # mkstemp creates the file 0600; give the output ordinary read permissions.
-            os.fchmod(handle.fileno(), 0o644)
-            dataset.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(path.parent)
+    write_atomically(Path(path), lambda stream: dataset.save_as(stream, enforce_file_format=True))
 
-
-def _fsync_directory(folder: Path) -> None:
-    """Fsync a folder so a rename in it is durable (best effort; not possible everywhere)."""
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)

@@ -1,0 +1,48 @@
+"""Write a file so readers only ever see the old file or the complete new one.
+
+Temporary name ``.<name>.<pid>.<random>.tmp`` in the same folder (the writer's clean-up of an
+interrupted run recognises it), mode 0644 (results are for others to read), fsync, rename over the
+final name, then fsync of the folder so the rename is durable.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(stream)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    On any failure the temporary file is removed and an existing ``path`` is left as it was.
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            os.fchmod(stream.fileno(), 0o644)  # mkstemp creates 0600
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(folder: Path) -> None:
+    """Fsync a folder so a rename in it is durable (best effort; not possible everywhere)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
