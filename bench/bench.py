@@ -238,7 +238,9 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=["production", "random"], default="production")
+    parser.add_argument("--profile", choices=["production", "production-light-lung", "random"], default="production",
+                        help="production: production-size networks with xrv's PSPNet lung model; production-light-lung: "
+                             "the same with the project's light lung U-Net (the chosen default, bench/results/tradeoffs.md)")
     parser.add_argument("--models", type=Path, help="a models folder to benchmark instead of a profile (e.g. the reference pack)")
     parser.add_argument("--studies", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each bare forward")
@@ -251,10 +253,11 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.models:
         models, profile = args.models, args.models.name
-    elif args.profile == "production":
+    elif args.profile.startswith("production"):
         from bench.production_pack import build_production_pack
 
-        models, profile = build_production_pack(CACHE / "production"), "production"
+        lung = "light" if args.profile == "production-light-lung" else "pspnet"
+        models, profile = build_production_pack(CACHE / args.profile, lung=lung), args.profile
     else:
         from tools.random_model_pack import build_random_pack
 

@@ -14,6 +14,7 @@ import torch
 
 from app.model_store import MANIFEST_NAME, SCHEMA_VERSION, Architecture
 from operators.nets.convnext_fpn import ConvNextFpn, ConvNextFpnConfig
+from operators.nets.unet import SmallUNet, UNetConfig
 from tools.random_model_pack import (
     _card,
     nnunet_2d_plans,
@@ -28,8 +29,15 @@ from tools.random_model_pack import (
 NNUNET_FEATURES = {336: (32, 64, 128, 256, 512), 768: (32, 64, 128, 256, 512, 512, 512), 256: (32, 64, 128, 256, 512, 512, 512)}
 
 
-def build_production_pack(out: Path, seed: int = 0) -> Path:
-    """Write the production-size random pack to ``out`` (about 1 GB); skip if already complete."""
+#: the project's light lung model at production size (the reference pack's lung_unet_128 config, 256 px)
+LIGHT_LUNG = UNetConfig(base_channels=8, depth=4, out_channels=1, input_size_px=256)
+
+
+def build_production_pack(out: Path, seed: int = 0, lung: str = "pspnet") -> Path:
+    """Write the production-size random pack to ``out`` (about 1 GB); skip if already complete.
+
+    ``lung``: ``pspnet`` (torchxrayvision's PSPNet at 512, the issue's production profile) or
+    ``light`` (the project's small U-Net at 256, :data:`LIGHT_LUNG`)."""
     out = Path(out)
     if (out / MANIFEST_NAME).is_file():
         return out
@@ -46,8 +54,12 @@ def build_production_pack(out: Path, seed: int = 0) -> Path:
                                      nnunet_dataset_json())
         models[name] = _card(folder, role, Architecture.NNUNET_2D, size, seed, options={"label": "opacity", "fold": 0},
                              calibration={"weighted_logloss": 0.4})
-    folder = write_xrv_pspnet(out / "xrv_pspnet_lungs")
-    models["xrv_pspnet_lungs"] = _card(folder, "lung", Architecture.XRV_PSPNET, 512, seed)
+    if lung == "pspnet":
+        folder = write_xrv_pspnet(out / "xrv_pspnet_lungs")
+        models["xrv_pspnet_lungs"] = _card(folder, "lung", Architecture.XRV_PSPNET, 512, seed)
+    else:
+        folder = write_safetensors_folder(out / "lung_unet_256", SmallUNet(LIGHT_LUNG), LIGHT_LUNG.to_dict())
+        models["lung_unet_256"] = _card(folder, "lung", Architecture.SMALL_UNET, LIGHT_LUNG.input_size_px, seed)
     manifest = {"schema_version": SCHEMA_VERSION,
                 "pack": {"name": "production-size-random", "meaningful": False,
                          "description": "Production-size architectures, random weights, for benchmarks only."},

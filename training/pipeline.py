@@ -65,15 +65,20 @@ def models_key(models_dir: Path) -> str:
     return hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def predict_records(models_dir: Path, records: list[Record], preset: Preset, cache: Path | None = None, size: int = 256) -> Predictions:
-    """Run every model of the pack on ``records`` (images squashed to ``size``², as ``load_arrays``)."""
+def predict_records(models_dir: Path, records: list[Record], preset: Preset, cache: Path | None = None, size: int = 256,
+                    loaded=None) -> Predictions:
+    """Run every model of the pack on ``records`` (images squashed to ``size``², as ``load_arrays``).
+
+    ``loaded``: already-built models (``app.model_store.LoadedModels``) to use instead of loading the
+    pack with the preset's settings (the trade-off benchmark passes instrumented ones; no caching then)."""
     from app.model_store import load_models
 
     key = hashlib.sha1(("|".join(r.id for r in records) + models_key(models_dir) + str(size)).encode()).hexdigest()[:16]
-    path = None if cache is None else Path(cache) / f"predictions_{key}.npz"
+    path = None if cache is None or loaded is not None else Path(cache) / f"predictions_{key}.npz"
     if path is not None and path.is_file():
         return Predictions.load(path)
-    loaded = load_models(Path(models_dir), "cpu", preset.nnunet_mirroring, preset.nnunet_tile_step)
+    if loaded is None:
+        loaded = load_models(Path(models_dir), "cpu", preset.nnunet_mirroring, preset.nnunet_tile_step)
     n = len(records)
     out = Predictions(ids=[r.id for r in records], classes=[r.cls for r in records], labels=np.array([r.label for r in records], np.int8),
                       masks=np.zeros((n, size, size), bool), classifier=np.zeros(n, np.float32), expert_scores=np.zeros((n, 3), np.float32),
