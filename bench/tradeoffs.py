@@ -264,7 +264,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lung = report["lung"]
     lines += ["", "Lung models (forward alone, median s):", "",
-              f"| model | input | parameters | s |", "|---|---|---|---|",
+              "| model | input | parameters | s |", "|---|---|---|---|",
               f"| {lung['light_model']} (small U-Net) | {lung['light_input_px']} | {lung['parameters']['light']:,} | {lung['forward_s']['light']} |",
               f"| xrv PSPNet (production) | 512 | {lung['parameters']['pspnet']:,} | {lung['forward_s']['pspnet']} |", "",
               f"PSPNet / light: {lung['pspnet_over_light']}×. Light model's lung Dice against the dataset's lung masks: "

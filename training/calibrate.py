@@ -56,7 +56,6 @@ def zones_loss_function(pred: Predictions, gate_threshold: float):
 
     preset = get_preset("zones")
     assert preset.blend is BlendMode.ZONES
-    scores = gate_scores(pred)
     constant, tables = [], []  # per-image loss of negative studies; per positive study (counts, n_pos, n_neg, priors)
     for i in np.nonzero(pred.labels >= 0)[0]:
         truth = pred.masks[i]

@@ -118,6 +118,17 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip_params=None, max_norm: float = 5.0) -> float:
+    """Back-propagate ``loss`` and take one step (gradient norm clipped to ``max_norm`` over
+    ``clip_params`` when given); returns the loss value for the epoch mean."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, max_norm)
+    optimizer.step()
+    return loss.item()
+
+
 def cosine_lr(base_lr: float, epoch: int, epochs: int, warmup: int = 1) -> float:
     if epoch < warmup:
         return base_lr * (epoch + 1) / (warmup + 1)

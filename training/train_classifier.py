@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from operators.lib.preprocessing import xrv_input
 from tools.random_model_pack import XRV_DENSENET_FILE
-from training.common import Augment, batches, device_description, load_best, run_loop, setup_run, write_training_summary
+from training.common import Augment, batches, device_description, load_best, optimizer_step, run_loop, setup_run, write_training_summary
 from training.data import load_arrays, records_from, split_table
 from training.metrics import best_threshold, roc_auc
 
@@ -139,10 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
             x = torch.from_numpy(x_all[index])
             x, _ = augment(x, torch.zeros_like(x))
             loss = F.binary_cross_entropy_with_logits(logits_of(x.to(device)), train_y[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(optimizer_step(optimizer, loss))
         return float(np.mean(losses))
 
     def validate() -> dict:

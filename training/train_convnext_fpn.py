@@ -28,7 +28,7 @@ import torch
 from operators.lib.preprocessing import equalize_histogram
 from operators.nets.convnext_fpn import ConvNextFpn, ConvNextFpnConfig, load_clip_trunk_weights
 from tools.random_model_pack import write_safetensors_folder
-from training.common import Augment, batches, bce_dice_loss, device_description, load_best, run_loop, setup_run, write_training_summary
+from training.common import Augment, batches, bce_dice_loss, device_description, load_best, optimizer_step, run_loop, setup_run, write_training_summary
 from training.data import load_arrays, records_from, split_table
 from training.metrics import opacity_summary
 
@@ -104,11 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         for index in batches(len(train), args.batch_size, True, rng):
             x, y = augment(torch.from_numpy(train_eq[index])[:, None], torch.from_numpy(train.masks[index].astype(np.float32))[:, None])
             loss = bce_dice_loss(model(normalize(x, config).to(device)), (y > 0.5).float().to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(optimizer_step(optimizer, loss, clip_params=model.parameters()))
         return float(np.mean(losses))
 
     def validate() -> dict:

@@ -22,7 +22,7 @@ import torch
 
 from operators.nets.unet import SmallUNet, UNetConfig
 from tools.random_model_pack import write_safetensors_folder
-from training.common import Augment, batches, bce_dice_loss, device_description, dice_score, load_best, run_loop, setup_run, write_training_summary
+from training.common import Augment, batches, bce_dice_loss, device_description, dice_score, load_best, optimizer_step, run_loop, setup_run, write_training_summary
 from training.data import load_arrays, records_from, split_table
 
 logger = logging.getLogger("training.lung")
@@ -70,10 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         for index in batches(len(train), args.batch_size, True, rng):
             x, y = augment(to_tensor(train.images[index]), torch.from_numpy(train.lungs[index].astype(np.float32))[:, None])
             loss = bce_dice_loss(model(x.to(device)), (y > 0.5).float().to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(optimizer_step(optimizer, loss))
         return float(np.mean(losses))
 
     def validate() -> dict:

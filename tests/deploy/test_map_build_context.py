@@ -24,9 +24,9 @@ import highdicom as hd
 import pytest
 import yaml
 
-from app import APP_NAME, __version__
+from app import __version__
 from app.model_store import read_manifest, verify_files
-from deploy.build_context import BUILD_RECORD, MODEL_NAME, build_context
+from deploy.build_context import BUILD_RECORD, MODEL_NAME
 from tests.deploy.sandbox import SandboxUnavailable, check_available, run_in_container
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ Tiny widths, sizes and epochs (the point is the plumbing and the formats, not th
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
