@@ -120,11 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.CONFIGURATION)
 
     # Thread settings, deliberately: the graph runs one operator at a time, so torch's intra-op pool
-    # gets every core (or --threads); nnU-Net predicts in this process, with no worker processes.
-    os.environ.setdefault("nnUNet_def_n_proc", "1")
+    # gets every core (or --threads). nnU-Net predicts in this process with no worker processes; its
+    # nnUNet_def_n_proc would also cap torch's threads during a prediction (the one-fold wrapper
+    # does not apply that cap; a multi-fold folder would), so it is the same number.
+    threads = args.threads if args.threads > 0 else max(1, len(os.sched_getaffinity(0)))
+    os.environ["nnUNet_def_n_proc"] = str(threads)
     import torch
 
-    torch.set_num_threads(args.threads if args.threads > 0 else max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         logger.error("--device %s requested but CUDA is not available; use --device cpu.", args.device)
         return int(ExitCode.CONFIGURATION)

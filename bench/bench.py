@@ -183,7 +183,7 @@ def naive_path(models_dir: Path, studies: list[Path], workdir: Path, threads: in
             subprocess.run(["nnUNetv2_predict_from_modelfolder", "-i", str(folder_in), "-o", str(folder_out), "-m",
                             str(models_dir / card.name), "-f", "0", "--save_probabilities", "--disable_tta", "-npp", "1", "-nps", "1",
                             "-device", "cpu", "--disable_progress_bar"], check=True, capture_output=True,
-                           env={**os.environ, "OMP_NUM_THREADS": str(threads), "nnUNet_def_n_proc": "1"})
+                           env={**os.environ, "OMP_NUM_THREADS": str(threads), "nnUNet_def_n_proc": str(threads)})
             row["naive_s"] += time.perf_counter() - started
             naive = np.load(folder_out / "case.npz")["probabilities"][1, 0]
             started = time.perf_counter()

@@ -17,7 +17,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.lib.case_report import failed_report, processed_report
 from operators.lib.components import component_boxes
-from operators.lib.preview import render_preview, save_png_atomically
+from operators.lib.preview import render_preview, save_png_atomically, with_title
 from operators.lib.results import FinalResult, StepFailure
 from operators.lib.run_report import Outcome, RunLedger, write_json_atomically
 from operators.lib.sc_output import SC_MAX_SIDE_PX, build_heatmap_secondary_capture
@@ -31,6 +31,8 @@ BINARY_SEG = "seg_binary.dcm"
 SC_HEATMAP = "sc_heatmap.dcm"
 SR_OPACITY = "sr_opacity.dcm"
 PREVIEW = "preview.png"
+#: longest side of preview.png (render_preview's default)
+PREVIEW_MAX_SIDE_PX = 1024
 RESULT = "result.json"
 #: Opacity regions (connected components of the mask, largest first) reported with 2D coordinates in the SR.
 SR_MAX_REGIONS = 8
@@ -151,8 +153,13 @@ class SegWriterOperator(Operator):
             gate = final.gate
             decision = "positive" if gate.positive else "negative"
             title = f"{gate.mean_score:.2f} {decision} · {self._algorithm.preset}"
-            save_png_atomically(render_preview(case.pixels, final.prob_map, final.opacity_mask, title=title), staging / PREVIEW)
-            heatmap = np.asarray(render_preview(case.pixels, final.prob_map, final.opacity_mask, max_side_px=SC_MAX_SIDE_PX))
+            heatmap_image = render_preview(case.pixels, final.prob_map, final.opacity_mask, max_side_px=SC_MAX_SIDE_PX)
+            if max(heatmap_image.size) <= PREVIEW_MAX_SIDE_PX:  # the same picture: render once, add the title
+                preview = with_title(heatmap_image, title)
+            else:
+                preview = render_preview(case.pixels, final.prob_map, final.opacity_mask, max_side_px=PREVIEW_MAX_SIDE_PX, title=title)
+            save_png_atomically(preview, staging / PREVIEW)
+            heatmap = np.asarray(heatmap_image)
             caption = f"opacity score {gate.mean_score:.2f} ({decision}, threshold {gate.threshold:.2f}), preset {self._algorithm.preset}"
             write_dataset_atomically(build_heatmap_secondary_capture(case.dataset, heatmap, self._algorithm, caption=caption),
                                      staging / SC_HEATMAP)

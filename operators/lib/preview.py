@@ -154,11 +154,16 @@ def render_preview(
         out[small_mask ^ eroded] = CONTOUR_RGB
 
     result = Image.fromarray(out)
-    if title:
-        draw = ImageDraw.Draw(result)
-        left, top, right, bottom = draw.textbbox((4, 4), title)
-        draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
-        draw.text((4, 4), title, fill=(255, 255, 255))
+    return with_title(result, title) if title else result
+
+
+def with_title(img: Image.Image, title: str) -> Image.Image:
+    """A copy of ``img`` with ``title`` drawn top-left on a dark box (what ``render_preview(title=…)`` draws)."""
+    result = img.copy()
+    draw = ImageDraw.Draw(result)
+    left, top, right, bottom = draw.textbbox((4, 4), title)
+    draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
+    draw.text((4, 4), title, fill=(255, 255, 255))
     return result
 
 

@@ -110,3 +110,16 @@ def test_save_png_atomically(tmp_path):
         assert reread.format == "PNG"
         assert reread.size == img.size
         np.testing.assert_array_equal(np.asarray(reread.convert("RGB")), np.asarray(img))
+
+
+def test_title_added_to_a_rendered_picture_equals_rendering_with_the_title():
+    """The writer renders the SC heat map once and titles a copy for preview.png (sources ≤ 1024 px)."""
+    from operators.lib.preview import with_title
+
+    rng = np.random.default_rng(3)
+    image, prob = rng.random((300, 260), dtype=np.float32), rng.random((300, 260), dtype=np.float32)
+    mask = prob > 0.7
+    untitled = render_preview(image, prob, mask, max_side_px=2048)
+    titled = with_title(untitled, "0.61 positive · zones")
+    assert np.array_equal(np.asarray(titled), np.asarray(render_preview(image, prob, mask, title="0.61 positive · zones")))
+    assert not np.array_equal(np.asarray(titled), np.asarray(untitled))  # the title is drawn, on a copy
