@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -62,8 +63,18 @@ def _summary(runs: Path, name: str) -> dict:
 
 def portable_command(command: str, data: str | None, runs: Path) -> str:
     """Replace this machine's data and run folders in a recorded command by ``$DATA`` and ``$RUNS``,
-    so the pack names no local path (the product never depends on where it was trained)."""
-    for path, variable in ((data, "$DATA"), (str(Path(runs).resolve()), "$RUNS"), (str(runs), "$RUNS")):
+    so the pack names no local path (the product never depends on where it was trained).
+
+    The data folders are ``data`` when given, else the values of the command's own ``--data``."""
+    tokens = shlex.split(command)
+    data_paths = [data] if data else []
+    if "--data" in tokens:
+        index = tokens.index("--data") + 1
+        while index < len(tokens) and not tokens[index].startswith("--"):
+            data_paths.append(tokens[index])
+            index += 1
+    replacements = [(path, "$DATA") for path in data_paths] + [(str(Path(runs).resolve()), "$RUNS"), (str(runs), "$RUNS")]
+    for path, variable in replacements:
         if path:
             command = command.replace(f"'{path}'", f'"{variable}"').replace(path, variable)
     return command
