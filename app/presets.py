@@ -83,7 +83,8 @@ class Preset:
     min_crop_fraction: float = 0.125
     #: final map ≥ this is the BINARY SEG's opacity segment
     binary_threshold: float = 0.5
-    #: nnU-Net test-time mirroring (4× slower on CPU; see bench/ for the measured trade-off)
+    #: nnU-Net test-time mirroring. Off: on the reference pack it costs 2.3× model time for final-map
+    #: Dice +0.004 and log-loss +0.002 (worse); docs/benchmark.md, "Trade-offs" (bench/tradeoffs.py)
     nnunet_mirroring: bool = False
     #: nnU-Net sliding-window step as a fraction of the patch (images are resized to one patch)
     nnunet_tile_step: float = 0.5
