@@ -279,6 +279,14 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (committed results name no machine path)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=REPO / "models")
@@ -302,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     records = [r for members in by_class.values() for r in members[: args.per_class]]
     onnx_dir = Path(tempfile.mkdtemp(prefix="cxr_onnx_"))
     report: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "models": str(args.models), "split": args.split, "images": len(records),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "models": _shown_path(args.models), "split": args.split, "images": len(records),
         "positives": sum(r.label == 1 for r in records), "threads": args.threads, "repeats": args.repeats,
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, "
                    f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}",
