@@ -45,8 +45,9 @@ VARIANTS = ("baseline", "mirroring", "channels_last", "bf16", "onnxruntime")
 class TimedNetwork(torch.nn.Module):
     """Wraps one network: applies a variant to every forward and records its wall time.
 
-    ``load_state_dict`` goes to the wrapped network (nnU-Net's predictor reloads its parameters before
-    every prediction); with ONNX Runtime the exported graph already holds the weights, so it is ignored.
+    ``load_state_dict`` goes to the wrapped network (the app loads an nnU-Net fold's weights once, nnU-Net's
+    stock predictor before every prediction); with ONNX Runtime the exported graph already holds the
+    weights, so it is ignored.
     """
 
     def __init__(self, name: str, inner: torch.nn.Module, variant: str, onnx_path: Path | None = None, threads: int = 1):

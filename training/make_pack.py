@@ -112,6 +112,35 @@ def _fmt(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+#: the issue's targets for the whole pack, on the validation split
+TARGETS = {"dice": 0.75, "auc": 0.97}
+
+
+def pack_results_lines(metrics: dict) -> list[str]:
+    """The pack-level section every card carries: the blended maps and the gate against the targets."""
+    maps, scores = metrics.get("maps", {}), metrics.get("scores", {})
+    zones, weighted = maps.get("final: Zones"), maps.get("final: Weighted")
+    if not zones or not weighted:
+        return []
+    experts = {k: v["logloss_class_balanced"] for k, v in maps.items() if not k.startswith(("final", "lung prior"))}
+    prior = maps.get("lung prior alone (positive-study passes)", {}).get("logloss_class_balanced")
+    gate_auc = scores.get("gate mean (final maps)", {}).get("auc")
+    best_single = min(experts.values()) if experts else None
+
+    def verdict(ok: bool) -> str:
+        return "reached" if ok else "**not reached**"
+
+    blend_loss = max(zones["logloss_class_balanced"], weighted["logloss_class_balanced"])  # both blends must beat them
+    beats = best_single is not None and prior is not None and blend_loss < min(best_single, prior)
+    return ["## The pack as a whole (this model is one part of it; models/README.md)", "",
+            f"- blended map Dice on COVID-19 positives: Zones {_fmt(zones['dice_mean_pos'])}, Weighted {_fmt(weighted['dice_mean_pos'])} "
+            f"(target ≥ {TARGETS['dice']}: {verdict(max(zones['dice_mean_pos'], weighted['dice_mean_pos']) >= TARGETS['dice'])})",
+            f"- image AUC COVID-19 vs Normal of the gate's mean score: {_fmt(gate_auc)} (target ≥ {TARGETS['auc']}: "
+            f"{verdict(gate_auc is not None and gate_auc >= TARGETS['auc'])})",
+            f"- class-balanced log-loss: Zones {_fmt(zones['logloss_class_balanced'])}, Weighted {_fmt(weighted['logloss_class_balanced'])}; "
+            f"best single map {_fmt(best_single)}, lung prior alone {_fmt(prior)} (target: lower than both: {verdict(beats)})", ""]
+
+
 def write_cards(models_dir: Path, runs: Path, metrics_path: Path | None, spec: list[dict]) -> None:
     manifest = json.loads((Path(models_dir) / MANIFEST_NAME).read_text())
     metrics = json.loads(Path(metrics_path).read_text()) if metrics_path and Path(metrics_path).is_file() else {}
@@ -152,7 +181,7 @@ def write_cards(models_dir: Path, runs: Path, metrics_path: Path | None, spec: l
                 lines += [f"- image ROC AUC COVID-19 vs Normal of its score: {_fmt(metrics['scores'][score_key]['auc'])}"]
             if card.get("calibration"):
                 lines += [f"- calibration (calib split): `{json.dumps(card['calibration'])}`"]
-            lines += [""]
+            lines += [""] + pack_results_lines(metrics)
         (Path(models_dir) / name / "MODEL_CARD.md").write_text("\n".join(lines))
 
 

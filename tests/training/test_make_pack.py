@@ -15,3 +15,20 @@ def test_data_and_run_folders_become_variables_even_when_the_summary_has_no_data
     assert portable == ('python -m training.nnunet --data "$DATA" $DATA --work $RUNS/nnunet_2d_256 --size 256 '
                         "--out $RUNS/export/nnunet_2d_256")
     assert "/mnt" not in portable and "/somewhere" not in portable
+
+
+def test_every_card_reports_the_blend_against_the_targets():
+    from training.make_pack import pack_results_lines
+
+    def entry(dice, loss):
+        return {"dice_mean_pos": dice, "logloss_class_balanced": loss}
+
+    metrics = {"maps": {"expert_a": entry(0.6, 0.40), "final: Zones": entry(0.76, 0.30), "final: Weighted": entry(0.70, 0.45),
+                        "lung prior alone (positive-study passes)": entry(0.0, 0.50)},
+               "scores": {"gate mean (final maps)": {"auc": 0.96}}}
+    text = "\n".join(pack_results_lines(metrics))
+    assert "Zones 0.760, Weighted 0.700 (target ≥ 0.75: reached)" in text
+    assert "0.960 (target ≥ 0.97: **not reached**)" in text
+    assert "(target: lower than both: **not reached**)" in text  # Weighted 0.45 is not below the expert's 0.40
+    metrics["maps"]["final: Weighted"] = entry(0.70, 0.35)
+    assert "(target: lower than both: reached)" in "\n".join(pack_results_lines(metrics))
