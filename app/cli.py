@@ -157,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFolderError as exc:
         logger.error("Cannot start: %s", exc)
         return int(ExitCode.CONFIGURATION)
-    if calibrated_zones is not None and preset.zone_values_from_calibration:
+    use_calibrated_zones = calibrated_zones is not None and preset.zone_values_from_calibration
+    if use_calibrated_zones:
         preset = replace(preset, zone_values=calibrated_zones)
-    zones_source = "manifest calibration" if calibrated_zones is not None and preset.zone_values_from_calibration else "preset default"
+    zones_source = "manifest calibration" if use_calibrated_zones else "preset default"
     weights, weights_source = _blend_weights(models, preset)
     ledger = RunLedger()
     ledger.info = {

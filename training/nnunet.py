@@ -115,6 +115,14 @@ def plan_and_preprocess(paths: dict[str, Path], dataset_id: int, name: str, size
     return pre
 
 
+def trainer_folder_of(paths: dict[str, Path], dataset_id: int, name: str, trainer_key: str) -> Path:
+    """nnU-Net's results folder for this dataset, trainer and our plans (``…/<Trainer>__<plans>__2d``)."""
+    from training import nnunet_trainers
+
+    trainer_cls = getattr(nnunet_trainers, TRAINERS[trainer_key])
+    return paths["nnUNet_results"] / dataset_folder_name(dataset_id, name) / f"{trainer_cls.__name__}__{PLANS}__2d"
+
+
 def train(paths: dict[str, Path], dataset_id: int, name: str, trainer_key: str, device: torch.device, init: Path | None = None) -> Path:
     """Run (or continue) nnU-Net training of fold 0; returns the trainer's output folder."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
@@ -126,7 +134,7 @@ def train(paths: dict[str, Path], dataset_id: int, name: str, trainer_key: str, 
     plans = json.loads((pre / f"{PLANS}.json").read_text())
     dataset_json = json.loads((pre / "dataset.json").read_text())
     trainer_cls = getattr(nnunet_trainers, TRAINERS[trainer_key])
-    out = paths["nnUNet_results"] / dataset_name / f"{trainer_cls.__name__}__{PLANS}__2d" / "fold_0"
+    out = trainer_folder_of(paths, dataset_id, name, trainer_key) / "fold_0"
     final, latest = out / "checkpoint_final.pth", out / "checkpoint_latest.pth"
     if final.is_file():
         done = int(torch.load(final, map_location="cpu", weights_only=False)["current_epoch"])
@@ -232,9 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("nnU-Net: plans + preprocessing done (%.0fs)", time.time() - started)
     device = torch.device(args.device)
     if args.export_only:
-        from training import nnunet_trainers
-
-        trainer_folder = paths["nnUNet_results"] / dataset_name / f"{getattr(nnunet_trainers, TRAINERS[args.trainer]).__name__}__{PLANS}__2d"
+        trainer_folder = trainer_folder_of(paths, args.dataset_id, args.name, args.trainer)
     else:
         trainer_folder = train(paths, args.dataset_id, args.name, args.trainer, device, args.init).parent
     export_model_folder(trainer_folder, args.out, fp16=args.fp16)
