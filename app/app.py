@@ -16,38 +16,18 @@ Graph (one image per tick; the four classifiers and the lung model all read the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 from holoscan.conditions import BooleanCondition
 from monai.deploy.core import Application
 
-from app.model_store import LoadedModels
-from app.presets import Preset
+from app.run_plan import RunPlan
 from operators.blend_operator import BlendOperator
 from operators.dicom_input_operator import DicomCxrInputOperator
-from operators.lib.run_report import RunLedger
-from operators.lib.seg_output import AlgorithmInfo
 from operators.lung_segmentation_operator import LungSegmentationOperator
 from operators.opacity_classifier_operator import OpacityClassifierOperator
 from operators.opacity_gate_operator import OpacityGateOperator
 from operators.refinement_operator import RefinementOperator
 from operators.seg_writer_operator import SegWriterOperator
 from operators.segmentation_expert_operator import SegmentationExpertOperator
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """Everything compose() needs, resolved before the graph is built."""
-
-    input_folder: Path
-    output_folder: Path
-    models: LoadedModels
-    preset: Preset
-    gate_threshold: float
-    blend_weights: dict[str, float]
-    algorithm: AlgorithmInfo
-    ledger: RunLedger
 
 
 class LungOpacityApp(Application):
@@ -58,15 +38,16 @@ class LungOpacityApp(Application):
         super().__init__(*args, **kwargs)
 
     def compose(self) -> None:
-        plan, models = self._plan, self._plan.models
+        plan, models, settings = self._plan, self._plan.models, self._plan.settings
         source = DicomCxrInputOperator(self, BooleanCondition(self, name="more_input"), input_folder=plan.input_folder,
                                        ledger=plan.ledger, name="dicom_input")
-        classifier = OpacityClassifierOperator(self, model=models.classifier, name="opacity_classifier")
-        experts = [SegmentationExpertOperator(self, model=m, name=f"expert_{m.name}") for m in models.experts]
+        classifier = OpacityClassifierOperator(self, model=models.classifier, score=settings.score(models.classifier.name, classifier=True),
+                                               name="opacity_classifier")
+        experts = [SegmentationExpertOperator(self, model=m, score=settings.score(m.name), name=f"expert_{m.name}") for m in models.experts]
         lung = LungSegmentationOperator(self, model=models.lung, name="lung_segmentation")
-        gate = OpacityGateOperator(self, threshold=plan.gate_threshold, name="opacity_gate")
-        refinement = RefinementOperator(self, model=models.refinement, preset=plan.preset, name="refinement")
-        blend = BlendOperator(self, preset=plan.preset, blend_weights=plan.blend_weights, name="blend")
+        gate = OpacityGateOperator(self, threshold=settings.gate_threshold, name="opacity_gate")
+        refinement = RefinementOperator(self, model=models.refinement, preset=settings.preset, name="refinement")
+        blend = BlendOperator(self, settings=settings, name="blend")
         writer = SegWriterOperator(self, output_folder=plan.output_folder, ledger=plan.ledger, algorithm=plan.algorithm,
                                    model_versions=models.versions(), name="seg_writer")
 

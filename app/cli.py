@@ -13,7 +13,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from app import APP_NAME, __version__
@@ -70,20 +69,6 @@ def _resolve_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
     context = AppContext({key: value for key, value in (("input", args.input), ("output", args.output), ("model", args.model)) if value})
     return Path(context.input_path), Path(context.output_path), Path(context.model_path)
-
-
-def _blend_weights(models, preset) -> tuple[dict[str, float], str]:
-    """Weighted blend weights ∝ 1/weighted log-loss from the manifest; equal weights if uncalibrated."""
-    from operators.lib.blending import blend_weights_from_logloss
-
-    names = [m.name for m in models.experts] + [models.refinement.name]
-    cards = {card.name: card for card in models.manifest.models}
-    losses = [cards[name].calibration.get("weighted_logloss") for name in names]
-    if any(loss is None for loss in losses):
-        if preset.blend is BlendMode.WEIGHTED:
-            logger.warning("manifest.json lacks weighted_logloss for some maps; the Weighted blend uses equal weights.")
-        return {name: 1.0 / len(names) for name in names}, "equal (uncalibrated)"
-    return dict(zip(names, (float(w) for w in blend_weights_from_logloss(losses)))), "1 / weighted log-loss (manifest)"
 
 
 def _write_summary(ledger: RunLedger, output_folder: Path) -> bool:
@@ -148,42 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.CONFIGURATION)
     logger.info("Models ready in %.1fs since start", time.perf_counter() - started)
 
-    from app.app import LungOpacityApp, RunPlan
-    from operators.lib.seg_output import AlgorithmInfo
+    from app.app import LungOpacityApp
+    from app.run_plan import make_plan, run_info
 
-    gate_threshold = preset.gate_threshold if preset.gate_threshold is not None else (models.manifest.gate_threshold or 0.5)
-    try:
-        calibrated_zones = models.manifest.zone_values
-    except ModelFolderError as exc:
-        logger.error("Cannot start: %s", exc)
-        return int(ExitCode.CONFIGURATION)
-    use_calibrated_zones = calibrated_zones is not None and preset.zone_values_from_calibration
-    if use_calibrated_zones:
-        preset = replace(preset, zone_values=calibrated_zones)
-    zones_source = "manifest calibration" if use_calibrated_zones else "preset default"
-    weights, weights_source = _blend_weights(models, preset)
-    ledger = RunLedger()
-    ledger.info = {
-        "app": {"name": APP_NAME, "version": __version__},
-        "preset": preset.name,
-        "preset_description": preset.description,
-        "device": args.device,
-        "torch_threads": torch.get_num_threads(),
-        "gate_threshold": gate_threshold,
-        "zone_values": list(preset.zone_values) if preset.blend is BlendMode.ZONES else None,
-        "zone_values_source": zones_source if preset.blend is BlendMode.ZONES else None,
-        "blend_weights": weights if preset.blend is BlendMode.WEIGHTED else {},
-        "blend_weights_source": weights_source if preset.blend is BlendMode.WEIGHTED else None,
-        "model_pack": models.manifest.pack,
-        "models": models.versions(),
-        "model_load_s": {k: round(v, 3) for k, v in models.load_seconds.items()},
-        "input": str(input_folder),
-        "output": str(output_folder),
-    }
+    plan = make_plan(input_folder, output_folder, models, preset, args.device)
+    if plan.settings.preset.blend is BlendMode.WEIGHTED and plan.settings.sources["blend_weights"].startswith("equal"):
+        logger.warning("manifest.json lacks weighted_logloss for some maps; the Weighted blend uses equal weights.")
+    ledger = plan.ledger
+    ledger.info = run_info(plan, torch.get_num_threads())
     if models.manifest.pack.get("meaningful") is False:
         logger.warning("Model pack %r is random: its outputs MEAN NOTHING.", models.manifest.pack.get("name"))
-    plan = RunPlan(input_folder, output_folder, models, preset, gate_threshold, weights,
-                   AlgorithmInfo(name=APP_NAME, version=__version__, preset=preset.name), ledger)
     app = LungOpacityApp(plan, argv=[sys.argv[0]])
     try:
         app.run()

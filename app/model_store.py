@@ -16,11 +16,16 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from app.model_formats import FORMATS, Architecture, LoadContext
+from operators.lib.calibration import Calibration
 from operators.lib.errors import ModelFolderError
+
+if TYPE_CHECKING:  # the wrappers' module imports every network library; loading imports it when needed
+    from operators.lib.segmenters import LungSegmenter, OpacityClassifier, SegmentationExpert
 
 logger = logging.getLogger(__name__)
 
@@ -37,24 +42,6 @@ class ModelRole(str, Enum):
     LUNG = "lung"  # step 4 lung mask
 
 
-class Architecture(str, Enum):
-    """Architectures the app can load; each maps to one wrapper in ``operators.lib.segmenters``."""
-
-    XRV_DENSENET121 = "xrv-densenet121"
-    XRV_PSPNET = "xrv-pspnet"
-    CONVNEXT_FPN = "convnext-fpn"
-    NNUNET_2D = "nnunet-2d"
-    SMALL_UNET = "small-unet"
-
-
-#: the on-disk format each architecture is stored in (checked against the manifest)
-NATIVE_FORMAT: dict[Architecture, str] = {
-    Architecture.XRV_DENSENET121: "torchxrayvision-pickled-model",
-    Architecture.XRV_PSPNET: "torchxrayvision-state-dict",
-    Architecture.CONVNEXT_FPN: "safetensors+config",
-    Architecture.NNUNET_2D: "nnunetv2-trained-model-folder",
-    Architecture.SMALL_UNET: "safetensors+config",
-}
 #: architectures allowed for each role
 ROLE_ARCHITECTURES: dict[ModelRole, frozenset[Architecture]] = {
     ModelRole.CLASSIFIER: frozenset({Architecture.XRV_DENSENET121}),
@@ -79,7 +66,7 @@ class ModelCard:
     provenance: str
     files: dict[str, str]
     options: dict[str, Any] = field(default_factory=dict)
-    calibration: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)  # raw; parsed into the pack's Calibration
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any], where: Path) -> "ModelCard":
@@ -100,11 +87,19 @@ class ModelCard:
             ) from None
         if architecture not in ROLE_ARCHITECTURES[role]:
             raise ModelFolderError(f"{where}: model {name!r}: a {role.value} cannot be a {architecture.value}.")
-        if data["format"] != NATIVE_FORMAT[architecture]:
-            raise ModelFolderError(f"{where}: model {name!r}: format {data['format']!r}; a {architecture.value} is stored as {NATIVE_FORMAT[architecture]!r}.")
+        native = FORMATS[architecture].name
+        if data["format"] != native:
+            raise ModelFolderError(f"{where}: model {name!r}: format {data['format']!r}; a {architecture.value} is stored as {native!r}.")
         files = data["files"]
         if not isinstance(files, dict) or not files:
             raise ModelFolderError(f"{where}: model {name!r} must list its files with their sha256.")
+        for relative in files:
+            if not _inside_folder(str(relative)):
+                raise ModelFolderError(f"{where}: model {name!r} lists {relative!r}; file paths must stay inside the model's folder "
+                                       "(relative, no '..').")
+        calibration = data.get("calibration", {})
+        if not isinstance(calibration, dict):
+            raise ModelFolderError(f"{where}: model {name!r}: calibration must be an object.")
         return cls(
             name=name,
             role=role,
@@ -115,36 +110,27 @@ class ModelCard:
             provenance=str(data["provenance"]),
             files={str(k): str(v).lower() for k, v in files.items()},
             options=dict(data.get("options", {})),
-            calibration={str(k): float(v) for k, v in data.get("calibration", {}).items()},
+            calibration=dict(calibration),
         )
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """``models/manifest.json``: the pack's models, in pipeline order, plus pack-level calibration."""
+    """``models/manifest.json``: the pack's models, in pipeline order, plus the pack's calibration."""
 
     folder: Path
     pack: dict[str, Any]
     models: tuple[ModelCard, ...]
-    calibration: dict[str, Any]
+    calibration: Calibration
 
     def by_role(self, role: ModelRole) -> list[ModelCard]:
         return [card for card in self.models if card.role == role]
 
-    @property
-    def gate_threshold(self) -> float | None:
-        value = self.calibration.get("gate_threshold")
-        return None if value is None else float(value)
 
-    @property
-    def zone_values(self) -> tuple[float, float, float, float, float] | None:
-        """Calibrated Zones values (0–4 agreeing maps), or None when the pack has none."""
-        values = self.calibration.get("zone_values")
-        if values is None:
-            return None
-        if len(values) != 5 or not all(0.0 <= float(v) <= 1.0 for v in values):
-            raise ModelFolderError(f"{self.folder / MANIFEST_NAME}: calibration.zone_values must be five values in [0, 1]; got {values}.")
-        return tuple(float(v) for v in values)  # type: ignore[return-value]
+def _inside_folder(relative: str) -> bool:
+    """A manifest path names a file inside its model folder: relative, no ``..``, no drive or root."""
+    path = Path(relative)
+    return bool(relative) and not path.is_absolute() and ".." not in path.parts and not relative.startswith(("/", "\\"))
 
 
 def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
@@ -168,8 +154,15 @@ def read_manifest(folder: Path) -> Manifest:
         raise ModelFolderError(f"{path}: not valid JSON ({exc}).") from exc
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ModelFolderError(f"{path}: schema_version is {data.get('schema_version')!r}; this app reads version {SCHEMA_VERSION}.")
-    cards = tuple(ModelCard.from_dict(name, entry, path) for name, entry in data.get("models", {}).items())
-    manifest = Manifest(folder=folder, pack=dict(data.get("pack", {})), models=cards, calibration=dict(data.get("calibration", {})))
+    entries = data.get("models", {})
+    if not isinstance(entries, dict):
+        raise ModelFolderError(f"{path}: models must be an object of name → entry.")
+    for name in entries:
+        if not _inside_folder(str(name)) or "/" in str(name) or "\\" in str(name) or str(name) in (".", ""):
+            raise ModelFolderError(f"{path}: model name {name!r} must be a plain folder name inside the models folder.")
+    cards = tuple(ModelCard.from_dict(name, entry, path) for name, entry in entries.items())
+    calibration = Calibration.from_manifest(dict(data.get("calibration", {})), {card.name: card.calibration for card in cards}, str(path))
+    manifest = Manifest(folder=folder, pack=dict(data.get("pack", {})), models=cards, calibration=calibration)
     for role, count in ROLE_COUNTS.items():
         found = [card.name for card in manifest.by_role(role)]
         if len(found) != count:
@@ -178,22 +171,11 @@ def read_manifest(folder: Path) -> Manifest:
 
 
 def loaded_files(card: ModelCard) -> list[str]:
-    """The files (relative to the model folder) that the loader of ``card`` opens.
+    """The files (relative to the model folder) that the loader of ``card`` opens (its format's entry).
 
-    Each must be listed in the manifest, or it would be read (for ``.pt``/``.pth``: unpickled)
-    without its checksum being verified.
+    Each must be listed in the manifest, or it would be read without its checksum being verified.
     """
-    if card.architecture is Architecture.NNUNET_2D:
-        return ["plans.json", "dataset.json", f"fold_{int(card.options.get('fold', 0))}/checkpoint_final.pth"]
-    if card.architecture in (Architecture.CONVNEXT_FPN, Architecture.SMALL_UNET):
-        return ["config.json", "model.safetensors"]
-    if card.architecture is Architecture.XRV_PSPNET:
-        return ["pspnet_chestxray_best_model_4.pth"]
-    from operators.lib.segmenters import _import_xrv  # the file name is xrv's, per weights name
-
-    weights = card.options.get("weights", "densenet121-res224-all")
-    urls = _import_xrv().models.model_urls
-    return [Path(urls[weights]["weights_url"]).name] if weights in urls else []
+    return FORMATS[card.architecture].files(card.options)
 
 
 def verify_files(manifest: Manifest) -> None:
@@ -206,8 +188,11 @@ def verify_files(manifest: Manifest) -> None:
                 f"{manifest.folder / card.name / unlisted[0]}: model {card.name!r} loads this file but {MANIFEST_NAME} does not "
                 "list it with its sha256, so it cannot be verified before loading."
             )
+        root = (manifest.folder / card.name).resolve()
         for relative, expected in card.files.items():
             path = manifest.folder / card.name / relative
+            if not path.resolve().is_relative_to(root):
+                raise ModelFolderError(f"{path}: resolves outside the model folder {root} (a link?); refusing to load it.")
             if not path.is_file():
                 raise ModelFolderError(f"{path}: missing; model {card.name!r} lists it in {MANIFEST_NAME}. Re-copy the model folder.")
             actual = sha256_of(path)
@@ -223,11 +208,16 @@ class LoadedModels:
     """Every model wrapper, built once; the app hands them to the operators."""
 
     manifest: Manifest
-    classifier: Any
-    experts: list[Any]
-    refinement: Any
-    lung: Any
+    classifier: OpacityClassifier
+    experts: list[SegmentationExpert]
+    refinement: SegmentationExpert
+    lung: LungSegmenter
     load_seconds: dict[str, float]
+
+    @property
+    def map_names(self) -> list[str]:
+        """The blend's four maps: the experts in gate order, then the refinement model."""
+        return [m.name for m in self.experts] + [self.refinement.name]
 
     def versions(self) -> dict[str, dict[str, str]]:
         """Name → version, architecture and a fingerprint of its files' sha256s, for reports."""
@@ -241,38 +231,19 @@ class LoadedModels:
         }
 
 
-def _build(card: ModelCard, folder: Path, device: torch.device, nnunet_mirroring: bool, nnunet_tile_step: float) -> Any:
-    from operators.lib import segmenters
-
-    options = card.options
-    if card.architecture is Architecture.XRV_DENSENET121:
-        return segmenters.XrvOpacityClassifier(card.name, folder, device, weights=options.get("weights", "densenet121-res224-all"),
-                                               label=options.get("label", "Lung Opacity"))
-    if card.architecture is Architecture.XRV_PSPNET:
-        return segmenters.XrvLungSegmenter(card.name, folder, device)
-    if card.architecture is Architecture.SMALL_UNET:
-        return segmenters.UNetLungSegmenter(card.name, folder, device)
-    if card.architecture is Architecture.CONVNEXT_FPN:
-        return segmenters.ConvNextFpnSegmenter(card.name, folder, device)
-    if card.architecture is Architecture.NNUNET_2D:
-        return segmenters.NnUNetSegmenter(card.name, folder, device, input_size_px=card.input_size_px, label=options.get("label", "opacity"),
-                                          use_mirroring=nnunet_mirroring, tile_step=nnunet_tile_step, fold=int(options.get("fold", 0)))
-    raise ModelFolderError(f"No loader for architecture {card.architecture.value!r}.")  # unreachable: Architecture is closed
-
-
 def load_models(folder: Path, device: str = "cpu", nnunet_mirroring: bool = False, nnunet_tile_step: float = 0.5) -> LoadedModels:
     """Read the manifest, verify every checksum, then build each model wrapper once."""
     manifest = read_manifest(folder)
     started = time.perf_counter()
     verify_files(manifest)
     logger.info("Verified %d model folders in %.2fs", len(manifest.models), time.perf_counter() - started)
-    torch_device = torch.device(device)
+    context = LoadContext(torch.device(device), nnunet_mirroring, nnunet_tile_step)
     built: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     for card in manifest.models:
         started = time.perf_counter()
         try:
-            built[card.name] = _build(card, manifest.folder / card.name, torch_device, nnunet_mirroring, nnunet_tile_step)
+            built[card.name] = FORMATS[card.architecture].load(card.name, manifest.folder / card.name, card.input_size_px, card.options, context)
         except ModelFolderError:
             raise
         except Exception as exc:

@@ -194,7 +194,10 @@ def naive_path(models_dir: Path, studies: list[Path], workdir: Path, threads: in
         import torchxrayvision as xrv
 
         started = time.perf_counter()
-        model = xrv.models.DenseNet(weights="densenet121-res224-all", cache_dir=str(models_dir / manifest.by_role(ModelRole.CLASSIFIER)[0].name))
+        from operators.lib.segmenters import XrvOpacityClassifier
+
+        card = manifest.by_role(ModelRole.CLASSIFIER)[0]
+        model = XrvOpacityClassifier(card.name, models_dir / card.name, torch.device("cpu")).network  # loaded per study, as a script would
         img = xrv.datasets.normalize((cxr.pixels * 255).astype(np.float32), 255)[None]
         img = xrv.datasets.XRayResizer(224)(xrv.datasets.XRayCenterCrop()(img))
         with torch.inference_mode():

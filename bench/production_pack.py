@@ -12,18 +12,17 @@ from pathlib import Path
 
 import torch
 
-from app.model_store import MANIFEST_NAME, SCHEMA_VERSION, Architecture
+from app.model_formats import Architecture, nnunet_2d_plans, nnunet_dataset_json, write_nnunet_folder, write_safetensors_folder, write_xrv_densenet, write_xrv_pspnet
+from app.model_store import MANIFEST_NAME, SCHEMA_VERSION
 from operators.nets.convnext_fpn import ConvNextFpn, ConvNextFpnConfig
 from operators.nets.unet import SmallUNet, UNetConfig
-from tools.random_model_pack import (
-    _card,
-    nnunet_2d_plans,
-    nnunet_dataset_json,
-    write_nnunet_folder,
-    write_safetensors_folder,
-    write_xrv_densenet,
-    write_xrv_pspnet,
-)
+from tools.random_model_pack import model_card
+
+VERSION, PROVENANCE = "0.0.0-random", "production-size architecture, random weights (bench/production_pack.py, seed {seed})"
+
+
+def _card(folder: Path, role: str, architecture: Architecture, input_size_px: int, seed: int, **extra: object) -> dict:
+    return model_card(folder, role, architecture, input_size_px, VERSION, PROVENANCE.format(seed=seed), **extra)
 
 #: default-like nnU-Net 2D plans: features double from 32 and cap at 512, pooling while divisible
 NNUNET_FEATURES = {336: (32, 64, 128, 256, 512), 768: (32, 64, 128, 256, 512, 512, 512), 256: (32, 64, 128, 256, 512, 512, 512)}
@@ -44,8 +43,7 @@ def build_production_pack(out: Path, seed: int = 0, lung: str = "pspnet") -> Pat
     torch.manual_seed(seed)
     models: dict[str, dict] = {}
     folder = write_xrv_densenet(out / "xrv_densenet121_all")
-    models["xrv_densenet121_all"] = _card(folder, "classifier", Architecture.XRV_DENSENET121, 224, seed,
-                                          options={"weights": "densenet121-res224-all", "label": "Lung Opacity"})
+    models["xrv_densenet121_all"] = _card(folder, "classifier", Architecture.XRV_DENSENET121, 224, seed, options={"label": "Lung Opacity"})
     config = ConvNextFpnConfig(trunk="convnext_base", fpn_channels=256, input_size_px=336)
     folder = write_safetensors_folder(out / "convnext_fpn_clip_336", ConvNextFpn(config), config.to_dict(), fp16=True)
     models["convnext_fpn_clip_336"] = _card(folder, "expert", Architecture.CONVNEXT_FPN, 336, seed, calibration={"weighted_logloss": 0.5})

@@ -122,10 +122,9 @@ def instrument(loaded, variant: str, onnx_dir: Path, threads: int) -> list[Timed
 
 
 def _metrics(pred, models: Path) -> dict[str, Any]:
-    from training.evaluate import evaluate, manifest_calibration
+    from training.evaluate import evaluate, pack_settings
 
-    gate_threshold, loglosses, zones = manifest_calibration(models, pred)
-    results, _, _ = evaluate(pred, gate_threshold, loglosses, zones)
+    results, _, _ = evaluate(pred, pack_settings(models, pred, "zones"), pack_settings(models, pred, "weighted"))
     keep = {}
     for name, values in results["maps"].items():
         if name.startswith("lung prior"):
@@ -139,7 +138,7 @@ def _differences(pred, base) -> dict[str, float]:
     out = {name: float(np.abs(pred.expert_maps[:, k].astype(np.float32) - base.expert_maps[:, k].astype(np.float32)).max())
            for k, name in enumerate(pred.expert_names)}
     out[pred.refinement_name] = float(np.abs(pred.refined.astype(np.float32) - base.refined.astype(np.float32)).max())
-    out["classifier score"] = float(np.abs(pred.classifier - base.classifier).max())
+    out["classifier output"] = float(np.abs(pred.classifier_raw - base.classifier_raw).max())
     out["lung mask (fraction of pixels that differ)"] = float((pred.lungs != base.lungs).mean())
     return {k: float(f"{v:.3g}") for k, v in out.items()}
 

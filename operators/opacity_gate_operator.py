@@ -6,8 +6,8 @@ import logging
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.lib.blending import gate_is_positive
 from operators.lib.results import GateDecision, first_failure, run_step, same_case
+from operators.lib.steps import gate
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ class OpacityGateOperator(Operator):
 
         def work() -> GateDecision:
             same_case(classifier, *experts)
-            positive, mean = gate_is_positive([classifier.score] + [e.score for e in experts], self._threshold)
-            logger.info("%s: mean opacity score %.3f vs %.3f → %s", classifier.case.case_id, mean, self._threshold,
-                        "positive" if positive else "negative")
-            return GateDecision(classifier.case, classifier, experts, mean, self._threshold, positive)
+            outcome = gate([classifier.score] + [e.score for e in experts], self._threshold)
+            logger.info("%s: mean opacity score %.3f vs %.3f → %s", classifier.case.case_id, outcome.mean_score, outcome.threshold,
+                        "positive" if outcome.positive else "negative")
+            return GateDecision(classifier.case, classifier, experts, outcome.mean_score, outcome.threshold, outcome.positive)
 
         op_output.emit(run_step("gate", classifier.case, work), self.OUTPUT)

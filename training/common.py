@@ -7,6 +7,7 @@ Running the same command again resumes from ``last.pt``; a finished run only re-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -44,6 +45,14 @@ def setup_run(run_dir: Path, threads: int = 1, seed: int = 0) -> Path:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return run_dir
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast for a training forward pass where asked for (CPUs with AVX-512 BF16 / AMX gain
+    1.4–2.5×; losses are computed in fp32 outside it), else a no-op context."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def device_description(device: torch.device) -> str:

@@ -12,8 +12,9 @@ Metrics (definitions in :mod:`training.metrics`), per map — ConvNeXt-FPN, the 
 refinement map, the lung prior alone, the final Zones and Weighted maps:
 
 * Dice and IoU at 0.5, mean over positive images (label 1), and pooled Dice;
-* image ROC AUC, positives vs clean negatives (label 0), of the map's score: an expert's
-  ``opacity_score``, the classifier's score, the gate's mean score for the final maps;
+* image ROC AUC, positives vs clean negatives (label 0), of each voter's score as the app computes
+  it (the manifest's score calibration), and of the gate's mean score; the gate's sensitivity and
+  specificity at the manifest's threshold;
 * class-balanced pixel log-loss, mean over labelled images;
 * pixel calibration: reliability table (10 bins) and ECE.
 
@@ -35,50 +36,53 @@ from pathlib import Path
 import numpy as np
 
 from app.presets import get_preset
+from operators.lib.calibration import PipelineSettings, resolve
 from training.common import setup_run
 from training.data import records_from
 from training.metrics import (class_balanced_logloss, dice, ece, iou, reliability, reliability_merge, roc_auc, roc_curve)
-from training.pipeline import Predictions, final_map, gate_scores, lung_prior_map, predict_records
+from training.pipeline import Predictions, final_map, lung_prior_map, predict_records
+from training.pipeline import scores as voter_scores
 
 logger = logging.getLogger("training.evaluate")
 
 
-def manifest_calibration(models: Path, pred: Predictions) -> tuple[float, list[float] | None, tuple[float, ...] | None]:
-    manifest = json.loads((Path(models) / "manifest.json").read_text())
-    calibration = manifest.get("calibration", {})
-    names = pred.expert_names + [pred.refinement_name]
-    losses = [manifest["models"][n].get("calibration", {}).get("weighted_logloss") for n in names]
-    zones = calibration.get("zone_values")
-    return float(calibration.get("gate_threshold", 0.5)), (losses if all(v for v in losses) else None), (tuple(zones) if zones else None)
+def pack_settings(models: Path, pred: Predictions, preset_name: str) -> PipelineSettings:
+    """The settings the app would run ``preset_name`` with on this pack (its manifest's calibration)."""
+    from app.model_store import read_manifest
+
+    return resolve(get_preset(preset_name), read_manifest(Path(models)).calibration, pred.map_names)
 
 
-def evaluate(pred: Predictions, gate_threshold: float, loglosses, zone_values) -> tuple[dict, dict[str, list[np.ndarray]], dict]:
-    """Metrics per map; also returns the final maps (for pictures) and per-map score arrays."""
-    zones_preset, weighted_preset = get_preset("zones"), get_preset("weighted")
+def evaluate(pred: Predictions, zones: PipelineSettings, weighted: PipelineSettings) -> tuple[dict, dict[str, list[np.ndarray]], dict]:
+    """Metrics per map under the two presets' settings; also returns the final maps (for pictures) and per-voter score arrays."""
     n = len(pred.ids)
     labelled = pred.labels >= 0
     maps: dict[str, list[np.ndarray]] = {name: [pred.expert_maps[i, k].astype(np.float32) for i in range(n)] for k, name in enumerate(pred.expert_names)}
     maps[f"{pred.refinement_name} (refinement)"] = [pred.refined[i].astype(np.float32) for i in range(n)]
-    gate = gate_scores(pred)
+    voters = voter_scores(pred, zones)
+    gate = voters.mean(axis=1)
     zones_final, weighted_final, prior_pos, prior_neg, positives = [], [], [], [], []
     for i in range(n):
-        z, positive = final_map(pred, i, zones_preset, gate_threshold, zone_values=zone_values)
-        w, _ = final_map(pred, i, weighted_preset, gate_threshold, loglosses=loglosses)
-        zones_final.append(z)
-        weighted_final.append(w)
-        positives.append(positive)
-        prior_pos.append(lung_prior_map(pred, i, zones_preset, True))
-        prior_neg.append(lung_prior_map(pred, i, zones_preset, False))
+        z, outcome = final_map(pred, i, zones, voters[i])
+        w, _ = final_map(pred, i, weighted, voters[i])  # one pack, one score calibration: the same voters
+        zones_final.append(z.prob_map)
+        weighted_final.append(w.prob_map)
+        positives.append(outcome.positive)
+        prior_pos.append(lung_prior_map(pred, i, zones.preset, True))
+        prior_neg.append(lung_prior_map(pred, i, zones.preset, False))
     maps["final: Zones"] = zones_final
     maps["final: Weighted"] = weighted_final
     maps["lung prior alone (positive-study passes)"] = prior_pos
     maps["lung prior alone (negative-study pass)"] = prior_neg
-    scores = {name: np.array([float(pred.expert_scores[i, k]) for i in range(n)]) for k, name in enumerate(pred.expert_names)}
-    scores["classifier"] = pred.classifier.astype(np.float64)
+    scores = {name: voters[:, k + 1] for k, name in enumerate(pred.expert_names)}
+    scores["classifier"] = voters[:, 0]
     scores["gate mean (final maps)"] = gate
-    results: dict = {"images": int(n), "positives": int((pred.labels == 1).sum()), "negatives": int((pred.labels == 0).sum()),
-                     "unlabelled": int((pred.labels < 0).sum()), "gate_threshold": gate_threshold,
+    negatives = pred.labels == 0
+    results: dict = {"images": int(n), "positives": int((pred.labels == 1).sum()), "negatives": int(negatives.sum()),
+                     "unlabelled": int((pred.labels < 0).sum()), "gate_threshold": zones.gate_threshold,
                      "gate_accuracy": float(np.mean([(positives[i]) == (pred.labels[i] == 1) for i in range(n) if labelled[i]])) if labelled.any() else None,
+                     "gate_specificity": float(np.mean([not positives[i] for i in range(n) if negatives[i]])) if negatives.any() else None,
+                     "gate_sensitivity": float(np.mean([positives[i] for i in range(n) if pred.labels[i] == 1])) if (pred.labels == 1).any() else None,
                      "maps": {}, "scores": {}}
     pos_index = [i for i in range(n) if pred.labels[i] == 1]
     for name, prob in maps.items():
@@ -183,7 +187,8 @@ def write_html(results: dict, files: list[Path], out: Path, title: str) -> Path:
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} td,th{{border:1px solid #ccc;padding:3px 8px}} table{{border-collapse:collapse}} img{{max-width:100%}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p>{results['images']} images: {results['positives']} positive, {results['negatives']} clean negative, {results['unlabelled']} unlabelled
-(scores only). Gate threshold {results['gate_threshold']:.4f}; gate accuracy {fmt(results['gate_accuracy'])}.
+(scores only). Gate threshold {results['gate_threshold']:.4f}; gate accuracy {fmt(results['gate_accuracy'])}, sensitivity {fmt(results['gate_sensitivity'])},
+specificity on clean negatives {fmt(results['gate_specificity'])}.
 Research use only, not for clinical use.</p>
 <h2>Maps</h2><table><tr><th>map</th><th>Dice (mean, positives)</th><th>Dice (pooled)</th><th>IoU (mean)</th><th>class-balanced log-loss</th><th>ECE</th></tr>{rows}</table>
 <p>Class-balanced log-loss per image: ½·mean(−log p) over opacity pixels + ½·mean(−log(1−p)) over the rest; the second term alone when the mask is empty; averaged over labelled images.</p>
@@ -224,10 +229,12 @@ def main(argv: list[str] | None = None) -> dict:
             by_class.setdefault(r.cls, []).append(r)
         records = [r for members in by_class.values() for r in members[: args.max_per_class]]
     pred = predict_records(args.models, records, get_preset("zones"), args.cache, args.size)
-    gate_threshold, loglosses, zones = manifest_calibration(args.models, pred)
-    results, maps, scores = evaluate(pred, gate_threshold, loglosses, zones)
+    zones, weighted = pack_settings(args.models, pred, "zones"), pack_settings(args.models, pred, "weighted")
+    results, maps, scores = evaluate(pred, zones, weighted)
     results["models"] = str(args.models)
-    results["calibration_used"] = {"gate_threshold": gate_threshold, "weighted_logloss": loglosses, "zone_values": zones}
+    results["calibration_used"] = {"gate_threshold": zones.gate_threshold, "blend_weights": weighted.blend_weights,
+                                   "zone_values": list(zones.preset.zone_values), "scores": {k: v.to_dict() for k, v in zones.scores.items()},
+                                   "sources": zones.sources}
     files = pictures(pred, results, maps, scores, args.out)
     (args.out / "metrics.json").write_text(json.dumps(results, indent=1, default=float))
     write_html(results, files, args.out, title)

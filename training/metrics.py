@@ -117,15 +117,18 @@ def best_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
 
 
 def opacity_summary(probs: Sequence[np.ndarray], masks: Sequence[np.ndarray], labels: Sequence[int], threshold: float = 0.5) -> dict:
-    """Validation summary of opacity maps: mean Dice on positives (label 1), image AUC of the app's
-    expert score (:func:`operators.lib.blending.opacity_score`) positives vs negatives (label 0),
-    and the mean class-balanced log-loss over labelled images."""
-    from operators.lib.blending import opacity_score
+    """Validation summary of opacity maps: mean Dice on positives (label 1), image AUC positives vs
+    negatives (label 0) of the predicted opacity area (fraction of pixels ≥ 0.5: the monotone part of
+    an area score, :class:`operators.lib.calibration.ScoreCalibration`), and the mean class-balanced
+    log-loss over labelled images."""
+    from operators.lib.calibration import ScoreCalibration, ScoreFeature
+
+    area = ScoreCalibration(ScoreFeature.AREA, threshold)
 
     labels = np.asarray(labels)
     dices = [dice(p >= threshold, m) for p, m, y in zip(probs, masks, labels) if y == 1]
     known = labels >= 0
-    scores = np.array([opacity_score(p) for p in probs])
+    scores = np.array([area.feature_of(p) for p in probs])
     losses = [class_balanced_logloss(p, m) for p, m, y in zip(probs, masks, labels) if y >= 0]
     return {"val_dice_pos": float(np.mean(dices)) if dices else float("nan"),
             "val_auc": roc_auc(scores[known], labels[known] == 1),

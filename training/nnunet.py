@@ -14,7 +14,7 @@ Steps (each skipped when its output exists):
    (0/1) with ``dataset.json`` (labels background / opacity, ``.png``, NaturalImage2DIO).
 2. **plans + preprocessing**: instead of ``nnUNetv2_plan_and_preprocess``'s planner (whose 2D plan at
    256² has 33.5 M parameters, hours per epoch on a CPU), the plans are written with the app's
-   :func:`tools.random_model_pack.nnunet_2d_plans` (patch = image = ``--size``, spacing 1, z-score,
+   :func:`app.model_formats.nnunet_2d_plans` (patch = image = ``--size``, spacing 1, z-score,
    ``--features`` per stage) and nnU-Net's own ``DefaultPreprocessor`` runs on them. ``splits_final.json``
    makes fold 0 = our train / val split.
 3. **training**: nnU-Net's trainer (:mod:`training.nnunet_trainers`: ``short`` = stock augmentation,
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from operators.lib.preprocessing import resize
-from tools.random_model_pack import nnunet_2d_plans, nnunet_dataset_json
+from app.model_formats import nnunet_2d_plans, nnunet_dataset_json
 from training.common import setup_run
 from training.data import Record, read_grey, read_mask, records_from, split_table, write_png
 
@@ -123,10 +123,19 @@ def trainer_folder_of(paths: dict[str, Path], dataset_id: int, name: str, traine
     return paths["nnUNet_results"] / dataset_folder_name(dataset_id, name) / f"{trainer_cls.__name__}__{PLANS}__2d"
 
 
+def load_all_weights(network: torch.nn.Module, checkpoint: Path) -> None:
+    """Every weight of an nnU-Net checkpoint (fp16 or fp32) into ``network``, strictly.
+
+    nnU-Net's own ``load_pretrained_weights`` leaves out the segmentation heads (it is meant for a new
+    task); continuing the same task (a longer run from committed weights, stage two) wants them too."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    target = network.module if hasattr(network, "module") else network
+    target = getattr(target, "_orig_mod", target)
+    target.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved.items()}, strict=True)
+
+
 def train(paths: dict[str, Path], dataset_id: int, name: str, trainer_key: str, device: torch.device, init: Path | None = None) -> Path:
     """Run (or continue) nnU-Net training of fold 0; returns the trainer's output folder."""
-    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
-
     from training import nnunet_trainers
 
     dataset_name = dataset_folder_name(dataset_id, name)
@@ -152,7 +161,7 @@ def train(paths: dict[str, Path], dataset_id: int, name: str, trainer_key: str, 
         logger.info("nnU-Net: resumed from %s at epoch %d", latest, trainer.current_epoch)
     elif init is not None:
         trainer.initialize()
-        load_pretrained_weights(trainer.network, str(init / "fold_0" / "checkpoint_final.pth"), verbose=False)
+        load_all_weights(trainer.network, init / "fold_0" / "checkpoint_final.pth")
         logger.info("nnU-Net: initialised from %s", init)
     trainer.run_training()
     return out
@@ -212,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-images", type=int, default=0, help="at most N train and N val images (tests)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (nnU-Net uses fp16 autocast on CUDA anyway)")
+    parser.add_argument("--lowres-epochs", type=int, default=0, help="the first N epochs on --lowres-patch patches")
+    parser.add_argument("--lowres-patch", type=int, default=0, help="patch size (px) of the low-resolution epochs")
     parser.add_argument("--export-only", action="store_true", help="no training: export the final (or latest) checkpoint as it is")
     args = parser.parse_args(argv)
 
@@ -221,6 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ["CXR_NNUNET_ITERATIONS"] = str(args.iterations)
     os.environ["CXR_NNUNET_VAL_ITERATIONS"] = str(args.val_iterations)
     os.environ["CXR_NNUNET_LR"] = str(args.lr)
+    os.environ["CXR_NNUNET_BF16"] = "1" if args.bf16 else "0"
+    os.environ["CXR_NNUNET_LOWRES_EPOCHS"] = str(args.lowres_epochs)
+    os.environ["CXR_NNUNET_LOWRES_PATCH"] = str(args.lowres_patch)
     features = tuple(int(v) for v in args.features.split(","))
     records = [r for data in args.data for r in records_from(data) if r.label >= 0 and (r.has_mask or r.label == 0)]
     train_records = [r for r in records if r.split == "train"]

@@ -4,6 +4,12 @@
   per epoch, validation iterations, epochs from environment variables), a checkpoint every epoch
   (``checkpoint_latest.pth``, so a run resumes where it stopped) and no end-of-training sliding
   window validation (the project's own ``training.evaluate`` does that with the app's code).
+  Two throughput options, also from the environment: ``CXR_NNUNET_BF16=1`` runs the network's
+  forward (and so its backward) under bf16 autocast on the CPU too (nnU-Net enables mixed precision
+  only on CUDA; the loss stays fp32, weights and optimizer state stay fp32), and
+  ``CXR_NNUNET_LOWRES_EPOCHS=N`` + ``CXR_NNUNET_LOWRES_PATCH=P`` train the first N epochs on random
+  P×P patches of the images (a quarter of the pixels at half the size, the same scale) before
+  switching to the plans' full patch. Neither changes the network or the exported plans.
 * :class:`nnUNetTrainerShortHistEq` — the same, plus the write-up's "randomly applied histogram
   equalisation" for the 336 nnU-Net: with probability ``CXR_NNUNET_HISTEQ_P`` (default 0.5) a
   training sample is replaced by its histogram-equalised version (the app's
@@ -17,6 +23,7 @@ and the app's ``nnUNetPredictor`` loads them without this module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -43,6 +50,48 @@ class nnUNetTrainerShort(nnUNetTrainer):  # noqa: N801 (nnU-Net naming)
         self.num_epochs = _env_int("CXR_NNUNET_EPOCHS", 20)
         self.initial_lr = float(os.environ.get("CXR_NNUNET_LR", 1e-2))
         self.save_every = 1
+        self.bf16 = os.environ.get("CXR_NNUNET_BF16", "0") == "1"
+        self.lowres_epochs = _env_int("CXR_NNUNET_LOWRES_EPOCHS", 0)
+        self.lowres_patch = _env_int("CXR_NNUNET_LOWRES_PATCH", 0)
+        self.full_patch = list(self.configuration_manager.patch_size)  # a copy of the plans' value (never written back)
+
+    def _training_patch(self) -> list[int]:
+        """The plans' patch, or the low-resolution one during the first ``lowres_epochs`` epochs."""
+        if self.lowres_patch and self.current_epoch < self.lowres_epochs:
+            return [min(self.lowres_patch, p) for p in self.full_patch]
+        return list(self.full_patch)
+
+    def get_dataloaders(self):
+        # the configuration manager holds a deep copy of the plans' configuration: changing its patch
+        # here changes what the loaders crop, not the plans.json that the export writes
+        self.configuration_manager.configuration["patch_size"] = self._training_patch()
+        self.print_to_log_file(f"training patch size {self.configuration_manager.patch_size}")
+        return super().get_dataloaders()
+
+    def on_epoch_start(self):
+        if self.dataloader_train is not None and list(self.configuration_manager.patch_size) != self._training_patch():
+            self.dataloader_train, self.dataloader_val = self.get_dataloaders()  # low-res stage over: full patches
+        super().on_epoch_start()
+
+    def _autocast(self):
+        if self.bf16 and self.device.type == "cpu":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, batch: dict) -> dict:
+        if not (self.bf16 and self.device.type == "cpu"):
+            return super().train_step(batch)
+        data, target = batch["data"].to(self.device), batch["target"]
+        target = [t.to(self.device) for t in target] if isinstance(target, list) else target.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            output = self.network(data)
+        output = [o.float() for o in output] if isinstance(output, (list, tuple)) else output.float()
+        loss = self.loss(output, target)  # fp32
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
 
     def on_epoch_end(self):
         super().on_epoch_end()  # increments current_epoch

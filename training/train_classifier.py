@@ -12,13 +12,15 @@ outputs are masked out of the loss and mean nothing. Input: the app's
 the first ``--low-res-epochs`` run at ``--low-res`` px (DenseNet ends in global pooling), the rest at
 224 px on at most ``--max-full-res-images`` images. Validation is at 224 px, as in the app.
 
-The whole model is pickled with ``torch.save(model)`` under xrv's file name for
-``densenet121-res224-all``, which the app loads with ``xrv.models.DenseNet(weights=…, cache_dir=folder)``.
-xrv then replaces ``op_threshs`` with the public ones (0.202 for Lung Opacity), so the app's score is
-``op_norm(sigmoid(logit))``: 0.5 at a sigmoid of 0.202. The recipe therefore shifts the Lung Opacity
-bias so that the threshold maximising Youden's J on the validation split lands at 0.202 — the app's
-0.5 is then this model's own operating point, as for the public weights. ``--fp16`` stores the
-model in half precision (xrv's ``load_state_dict`` copies it into its fp32 network).
+The model is written in the app's format for this architecture (``config.json`` with xrv's targets
+and public ``op_threshs`` for ``densenet121-res224-all`` + ``model.safetensors``:
+:func:`app.model_formats.write_xrv_densenet`). With those ``op_threshs`` (0.202 for Lung Opacity) the
+output is ``op_norm(sigmoid(logit))``: 0.5 at a sigmoid of 0.202. The recipe therefore shifts the
+Lung Opacity bias so that the threshold maximising Youden's J on the validation split lands at
+0.202 — 0.5 is then this model's own operating point, as for the public weights. ``--fp16`` stores
+the weights in half precision except BatchNorm statistics (the loader converts back to fp32).
+``--init`` starts from an app-format classifier folder (``tools.convert_xrv_densenet`` converts xrv's
+public pickled weights to it).
 """
 
 from __future__ import annotations
@@ -28,16 +30,17 @@ import logging
 import shlex
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from operators.lib.preprocessing import xrv_input
-from tools.random_model_pack import XRV_DENSENET_FILE
-from training.common import Augment, batches, device_description, load_best, optimizer_step, run_loop, setup_run, write_training_summary
+from app.model_formats import write_xrv_densenet, xrv_densenet_config
+from operators.lib.segmenters import import_xrv
+from training.common import Augment, autocast, batches, device_description, load_best, optimizer_step, run_loop, setup_run, write_training_summary
 from training.data import load_arrays, records_from, split_table
 from training.metrics import best_threshold, roc_auc
 
@@ -46,33 +49,9 @@ OPACITY_INDEX = 16  # "Lung Opacity" in xrv's 18 targets
 XRV_LUNG_OPACITY_THRESHOLD = 0.20204692  # xrv's op_threshs[16] for densenet121-res224-all
 
 
-def import_xrv():
-    saved = warnings.filters[:]
-    import torchxrayvision as xrv
-
-    warnings.filters[:] = saved
-    return xrv
-
-
 def xrv_batch(images_u8: np.ndarray, size: int) -> np.ndarray:
     """N×S×S uint8 → N×1×size×size float32 in xrv's range (the app's xrv_input per image)."""
     return np.concatenate([xrv_input(image.astype(np.float32) / 255.0, size) for image in images_u8])
-
-
-def to_fp16_keeping_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """Half precision except BatchNorm running statistics: on xrv's [-1024, 1024] input the first
-    BatchNorm's running variance is ~1e6, beyond fp16's range (65504). xrv's loader copies every tensor
-    into its fp32 network, so the mixed file loads exactly."""
-    norms = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)}
-    kept = {name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in norms.items()}
-    model = model.half()
-    for name, module in norms.items():
-        module.float()
-        module.load_state_dict(kept[name])
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ValueError(f"non-finite values after fp16 conversion: {bad}")
-    return model
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -91,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-images", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--init", type=Path, default=None, help="start from this app-format classifier folder's weights")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
     args = parser.parse_args(argv)
 
     xrv = import_xrv()
@@ -111,7 +92,12 @@ def main(argv: list[str] | None = None) -> dict:
     train_y = torch.from_numpy(train.labels.astype(np.float32))
     logger.info("classifier: %d train / %d val images on %s", len(train), len(val), device_description(device))
 
-    model = xrv.models.DenseNet(num_classes=18).to(device)
+    model = xrv.models.DenseNet(num_classes=18)
+    if args.init:
+        state = {k: v for k, v in load_file(str(args.init / "model.safetensors")).items() if k != "op_threshs"}
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+        logger.info("initialised from %s", args.init)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     augment = Augment(rotate_deg=8.0, hflip=0.0)
     rng = np.random.RandomState(0)
@@ -138,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
             index = index_all[chunk]
             x = torch.from_numpy(x_all[index])
             x, _ = augment(x, torch.zeros_like(x))
-            loss = F.binary_cross_entropy_with_logits(logits_of(x.to(device)), train_y[index].to(device))
+            with autocast(device, args.bf16):
+                logits = logits_of(x.to(device))
+            loss = F.binary_cross_entropy_with_logits(logits.float(), train_y[index].to(device))
             losses.append(optimizer_step(optimizer, loss))
         return float(np.mean(losses))
 
@@ -155,10 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         model.classifier.bias[OPACITY_INDEX] += shift
     model = model.cpu().eval()
-    if args.fp16:
-        model = to_fp16_keeping_batchnorm(model)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(model, args.out / XRV_DENSENET_FILE)
+    config = xrv_densenet_config()
+    model.op_threshs = torch.tensor(config["op_threshs"], dtype=torch.float32)  # a buffer: travels in the state dict
+    write_xrv_densenet(args.out, model, config, fp16=args.fp16)
     summary = write_training_summary(run_dir, state, {
         "model": "xrv-densenet121", "device": device_description(device), "split": split_table(train_records + val_records),
         "operating_point": {"youden_threshold_on_val": threshold, "bias_shift": shift, "maps_to_xrv_op_thresh": XRV_LUNG_OPACITY_THRESHOLD},

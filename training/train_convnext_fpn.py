@@ -27,8 +27,9 @@ import torch
 
 from operators.lib.preprocessing import equalize_histogram
 from operators.nets.convnext_fpn import ConvNextFpn, ConvNextFpnConfig, load_clip_trunk_weights
-from tools.random_model_pack import write_safetensors_folder
-from training.common import Augment, batches, bce_dice_loss, device_description, load_best, optimizer_step, run_loop, setup_run, write_training_summary
+from operators.lib.segmenters import load_safetensors_into
+from app.model_formats import write_safetensors_folder
+from training.common import Augment, autocast, batches, bce_dice_loss, device_description, load_best, optimizer_step, run_loop, setup_run, write_training_summary
 from training.data import load_arrays, records_from, split_table
 from training.metrics import opacity_summary
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--depths", default="2,2,4,2", help="blocks per stage (comma list; '' = the trunk's own)")
     parser.add_argument("--fpn-channels", type=int, default=32)
     parser.add_argument("--clip-checkpoint", type=Path, default=None, help="open_clip ConvNeXt checkpoint for the trunk")
+    parser.add_argument("--init", type=Path, default=None, help="start from this app-format model folder's weights (same config)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
     parser.add_argument("--no-hist-eq", action="store_true", help="train without histogram equalisation (not the write-up's recipe)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.clip_checkpoint:
         missing = load_clip_trunk_weights(model, args.clip_checkpoint)
         logger.info("trunk initialised from %s (%d trunk keys not in the checkpoint)", args.clip_checkpoint, len(missing))
+    if args.init:
+        load_safetensors_into(model, args.init / "model.safetensors")
+        logger.info("initialised from %s", args.init)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     augment = Augment()
@@ -103,7 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
         losses = []
         for index in batches(len(train), args.batch_size, True, rng):
             x, y = augment(torch.from_numpy(train_eq[index])[:, None], torch.from_numpy(train.masks[index].astype(np.float32))[:, None])
-            loss = bce_dice_loss(model(normalize(x, config).to(device)), (y > 0.5).float().to(device))
+            with autocast(device, args.bf16):
+                logits = model(normalize(x, config).to(device))
+            loss = bce_dice_loss(logits.float(), (y > 0.5).float().to(device))
             losses.append(optimizer_step(optimizer, loss, clip_params=model.parameters()))
         return float(np.mean(losses))
 
@@ -121,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     write_safetensors_folder(args.out, model.cpu(), config.to_dict(), fp16=True)
     summary = write_training_summary(run_dir, state, {
         "model": "convnext-fpn", "device": device_description(device), "split": split_table(train_records + val_records),
-        "init": f"open_clip checkpoint {args.clip_checkpoint}" if args.clip_checkpoint else "random (no CLIP checkpoint available here)",
+        "init": (f"open_clip checkpoint {args.clip_checkpoint}" if args.clip_checkpoint else
+                 f"weights of {args.init}" if args.init else "random (no CLIP checkpoint available here)"),
         "command": "python -m training.train_convnext_fpn " + shlex.join(str(a) for a in (argv if argv is not None else sys.argv[1:])),
     })
     logger.info("convnext-fpn: wrote %s (best epoch %d)", args.out, state.best_epoch)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from operators.nets.unet import SmallUNet, UNetConfig
-from tools.random_model_pack import write_safetensors_folder
+from app.model_formats import write_safetensors_folder
 from training.common import Augment, batches, bce_dice_loss, device_description, dice_score, load_best, optimizer_step, run_loop, setup_run, write_training_summary
 from training.data import load_arrays, records_from, split_table
 

@@ -1,4 +1,4 @@
-"""Steps 1–4 arithmetic: expert scores, the gate, "Zones" and "Weighted" blends, the lung prior.
+"""Steps 1–4 arithmetic: the gate, "Zones" and "Weighted" blends, the lung prior.
 
 Every function is pure and works on H×W float32 probability maps in [0, 1] (``prob_map``) and H×W
 bool masks (``mask``). Hand-checkable cases live in ``tests/unit/test_blending.py``.
@@ -14,22 +14,6 @@ from scipy import ndimage
 
 #: An expert's pixel counts as "marking opacity" at or above this probability (Zones, union).
 MASK_THRESHOLD = 0.5
-#: Fraction of an expert's pixels averaged to give its image-level opacity score.
-SCORE_TOP_FRACTION = 0.01
-
-
-def opacity_score(prob_map: np.ndarray, top_fraction: float = SCORE_TOP_FRACTION) -> float:
-    """Image-level opacity score of a segmentation expert: the mean of its top ``top_fraction`` pixels.
-
-    A single hot pixel cannot make a study positive, yet a lesion covering 1 % of the image
-    scores as high as its own probability. Computed on the map at the model's own resolution.
-    """
-    flat = np.asarray(prob_map, dtype=np.float32).ravel()
-    if flat.size == 0:
-        raise ValueError("opacity_score needs a non-empty probability map.")
-    k = max(1, int(round(flat.size * top_fraction)))
-    top = np.partition(flat, flat.size - k)[flat.size - k :]
-    return float(top.mean())
 
 
 def gate_is_positive(scores: Sequence[float], threshold: float) -> tuple[bool, float]:
@@ -56,17 +40,8 @@ def zones_blend(prob_maps: Sequence[np.ndarray], zone_values: Sequence[float], t
     return np.asarray(zone_values, dtype=np.float32)[votes]
 
 
-def blend_weights_from_logloss(loglosses: Sequence[float]) -> np.ndarray:
-    """"Weighted" blend weights: ∝ 1 / weighted log-loss, normalised to sum to 1."""
-    values = np.asarray(loglosses, dtype=np.float64)
-    if values.size == 0 or np.any(~np.isfinite(values)) or np.any(values <= 0):
-        raise ValueError(f"Weighted log-losses must be finite and positive; got {values.tolist()}.")
-    inverse = 1.0 / values
-    return inverse / inverse.sum()
-
-
 def weighted_blend(prob_maps: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """Σ w_i · p_i with weights that sum to 1 (see :func:`blend_weights_from_logloss`)."""
+    """Σ w_i · p_i with weights that sum to 1 (see :func:`operators.lib.calibration.blend_weights_from_logloss`)."""
     if len(weights) != len(prob_maps):
         raise ValueError(f"{len(prob_maps)} maps need {len(prob_maps)} weights; got {len(weights)}.")
     if not np.isclose(float(np.sum(weights)), 1.0, atol=1e-6):

@@ -26,6 +26,9 @@ from operators.nets.unet import SmallUNet, UNetConfig
 
 logger = logging.getLogger(__name__)
 
+#: torchxrayvision's file name for its ChestX-Det PSPNet state dict (its loader opens exactly this)
+XRV_PSPNET_FILE = "pspnet_chestxray_best_model_4.pth"
+
 
 class SegmentationExpert(Protocol):
     """What the expert and refinement operators need from a segmentation model."""
@@ -35,6 +38,22 @@ class SegmentationExpert(Protocol):
 
     def predict_square(self, square_image: np.ndarray) -> np.ndarray:
         """S×S image in [0, 1] → S×S float32 opacity probability."""
+
+
+class OpacityClassifier(Protocol):
+    """What the classifier operator needs: H×W image in [0, 1] → the model's opacity output."""
+
+    name: str
+
+    def predict(self, image: np.ndarray) -> float: ...
+
+
+class LungSegmenter(Protocol):
+    """What the lung operator needs: H×W image in [0, 1] → H×W bool lung mask."""
+
+    name: str
+
+    def predict_mask(self, image: np.ndarray) -> np.ndarray: ...
 
 
 def predict_expert(expert: SegmentationExpert, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +76,7 @@ def _read_json(path: Path) -> dict:
         raise ModelFolderError(f"{path}: not valid JSON ({exc}).") from exc
 
 
-def _load_safetensors(module: torch.nn.Module, path: Path) -> None:
+def load_safetensors_into(module: torch.nn.Module, path: Path) -> None:
     """Load ``model.safetensors`` (fp16 or fp32 on disk) into ``module`` as fp32, strictly."""
     state = {key: value.float() if value.is_floating_point() else value for key, value in load_file(str(path)).items()}
     try:
@@ -79,7 +98,7 @@ class ConvNextFpnSegmenter:
         self.input_size_px = self.config.input_size_px
         self.device = device
         self.network = ConvNextFpn(self.config)
-        _load_safetensors(self.network, folder / "model.safetensors")
+        load_safetensors_into(self.network, folder / "model.safetensors")
         self.network.eval().to(device)
 
     @staticmethod
@@ -160,7 +179,7 @@ class NnUNetSegmenter:
         return np.asarray(probabilities[self.label_index, 0], dtype=np.float32)
 
 
-def _import_xrv():
+def import_xrv():
     """Import torchxrayvision without letting it silence every warning of the process."""
     saved = warnings.filters[:]
     import torchxrayvision as xrv
@@ -169,34 +188,42 @@ def _import_xrv():
     return xrv
 
 
+def new_xrv_densenet(config: dict) -> torch.nn.Module:
+    """An xrv DenseNet-121 shaped by ``config`` (``targets``, ``op_threshs``), weights not loaded."""
+    threshs = config.get("op_threshs")
+    network = import_xrv().models.DenseNet(num_classes=len(config["targets"]),
+                                           op_threshs=None if threshs is None else torch.tensor(threshs, dtype=torch.float32))
+    network.targets = list(config["targets"])
+    return network
+
+
 class XrvOpacityClassifier:
     """Step 1: torchxrayvision DenseNet-121 (``densenet121-res224-all`` family), "Lung Opacity" output.
 
-    Weights: xrv's own file name inside the model folder, loaded by xrv's own constructor with
-    ``cache_dir`` = the folder, so nothing is downloaded (the loader checks the file exists first).
-    ``op_threshs``: kept as xrv ships them (or as stored in the file's model): the output is
-    sigmoid then xrv's ``op_norm``, which maps the model's operating threshold to 0.5. The score is
-    therefore "probability-like, 0.5 = xrv's operating point", comparable with the experts' scores.
+    Stored as ``config.json`` (xrv's targets, ``op_threshs`` and input size) + ``model.safetensors``
+    (the state dict, op_threshs included): nothing is unpickled and nothing is downloaded. xrv's
+    public pickled weights become this format with ``python -m tools.convert_xrv_densenet``. With
+    ``op_threshs`` the output is sigmoid then xrv's ``op_norm``, which maps the model's operating
+    threshold to 0.5: "probability-like, 0.5 = the operating point".
     """
 
-    def __init__(self, name: str, folder: Path, device: torch.device, weights: str = "densenet121-res224-all",
-                 label: str = "Lung Opacity"):
-        xrv = _import_xrv()
+    def __init__(self, name: str, folder: Path, device: torch.device, label: str = "Lung Opacity"):
         self.name = name
-        filename = Path(xrv.models.model_urls[weights]["weights_url"]).name
-        if not (folder / filename).is_file():
-            raise ModelFolderError(f"{folder / filename}: missing; torchxrayvision weights must be staged in the model folder.")
-        self.network = xrv.models.DenseNet(weights=weights, cache_dir=str(folder))
-        if label not in self.network.targets:
-            raise ModelFolderError(f"{folder / filename}: classifier has no {label!r} output.")
-        self.label_index = list(self.network.targets).index(label)
-        self.input_size_px = int(xrv.models.model_urls[weights].get("input_resolution", 224))
+        config = _read_json(folder / "config.json")
+        if not isinstance(config.get("targets"), list):
+            raise ModelFolderError(f"{folder / 'config.json'}: has no list of targets.")
+        if label not in config["targets"]:
+            raise ModelFolderError(f"{folder / 'config.json'}: classifier has no {label!r} output; targets are {config['targets']}.")
+        self.network = new_xrv_densenet(config)
+        load_safetensors_into(self.network, folder / "model.safetensors")
+        self.label_index = config["targets"].index(label)
+        self.input_size_px = int(config.get("input_size_px", 224))
         self.network.eval().to(device)
         self.device = device
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray) -> float:
-        """H×W [0, 1] image → op-normalised "Lung Opacity" score in [0, 1]."""
+        """H×W [0, 1] image → op-normalised "Lung Opacity" output in [0, 1]."""
         x = torch.from_numpy(xrv_input(image, self.input_size_px)).to(self.device)
         return float(self.network(x)[0, self.label_index].clamp(0, 1))
 
@@ -208,11 +235,11 @@ class XrvLungSegmenter:
     """
 
     def __init__(self, name: str, folder: Path, device: torch.device):
-        xrv = _import_xrv()
+        xrv = import_xrv()
         from torchxrayvision.baseline_models.chestx_det import PSPNet
 
         self.name = name
-        weights = folder / "pspnet_chestxray_best_model_4.pth"
+        weights = folder / XRV_PSPNET_FILE
         if not weights.is_file():
             raise ModelFolderError(f"{weights}: missing; torchxrayvision weights must be staged in the model folder.")
         self.network = PSPNet(cache_dir=str(folder))
@@ -240,7 +267,7 @@ class UNetLungSegmenter:
         self.config = UNetConfig.from_dict(_read_json(folder / "config.json"))
         self.input_size_px = self.config.input_size_px
         self.network = SmallUNet(self.config)
-        _load_safetensors(self.network, folder / "model.safetensors")
+        load_safetensors_into(self.network, folder / "model.safetensors")
         self.network.eval().to(device)
         self.device = device
 

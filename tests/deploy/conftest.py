@@ -9,21 +9,17 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def deploy_models(tmp_path_factory) -> Path:
-    """The repo's models/ when it holds a manifest, else a random pack (what the MAP is built with)."""
+def deploy_models(random_pack) -> Path:
+    """The repo's models/ when it holds a manifest, else the random pack (what the MAP is built with)."""
     repo_models = Path(__file__).resolve().parents[2] / "models"
-    if (repo_models / "manifest.json").is_file():
-        return repo_models
-    from tools.random_model_pack import build_random_pack
-
-    return build_random_pack(tmp_path_factory.mktemp("deploy_models") / "pack")
+    return repo_models if (repo_models / "manifest.json").is_file() else random_pack
 
 
 @pytest.fixture(scope="session")
-def two_studies(shared_dicom_dir, tmp_path_factory) -> Path:
+def two_studies(dicom_dir, tmp_path_factory) -> Path:
     """Two real chest radiographs from two studies: an RSNA CR (JPEG baseline) and the NIH DX secondary capture."""
     folder = tmp_path_factory.mktemp("two_studies")
-    for path in (next(shared_dicom_dir.glob("rsna/00436515-*.dcm")), next(shared_dicom_dir.glob("misc/nih_*.dcm"))):
+    for path in (next(dicom_dir.glob("rsna/00436515-*.dcm")), next(dicom_dir.glob("misc/nih_*.dcm"))):
         shutil.copy(path, folder / path.name)
         (folder / path.name).chmod(0o644)
     folder.chmod(0o755)
@@ -33,7 +29,7 @@ def two_studies(shared_dicom_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def orthanc_factory(tmp_path_factory):
     """Start throw-away Orthancs (tests/deploy/orthanc.py); skip only when Orthanc is not installed."""
-    from tests.deploy.orthanc import Orthanc, find_orthanc
+    from tests.support.orthanc import Orthanc, find_orthanc
 
     executable = find_orthanc()
     if executable is None:

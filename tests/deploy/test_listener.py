@@ -18,8 +18,8 @@ from pydicom import config
 from pynetdicom import AE
 
 from deploy.listener import Destination, JobState, Listener, ListenerConfig, Spool, is_safe_uid, send_stow
-from tests.deploy.orthanc import AE_TITLE as ORTHANC_AE
-from tests.deploy.orthanc import free_port
+from tests.support.orthanc import AE_TITLE as ORTHANC_AE
+from tests.support.orthanc import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
 
@@ -55,8 +55,8 @@ def fake_app(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def nih(shared_dicom_dir) -> Path:
-    return next(shared_dicom_dir.glob("misc/nih_*.dcm"))
+def nih(dicom_dir) -> Path:
+    return next(dicom_dir.glob("misc/nih_*.dcm"))
 
 
 def make_config(tmp_path: Path, fake_app: Path, mode: str, destination: Destination, **overrides) -> ListenerConfig:

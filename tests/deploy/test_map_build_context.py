@@ -27,7 +27,7 @@ import yaml
 from app import __version__
 from app.model_store import read_manifest, verify_files
 from deploy.build_context import BUILD_RECORD, MODEL_NAME
-from tests.deploy.sandbox import SandboxUnavailable, check_available, run_in_container
+from tests.support.sandbox import SandboxUnavailable, check_available, run_in_container
 
 REPO = Path(__file__).resolve().parents[2]
 #: Installed by the Dockerfile template itself, after pip/requirements.txt.

@@ -23,8 +23,8 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.deploy.orthanc import AE_TITLE as ORTHANC_AE
-from tests.deploy.orthanc import free_port
+from tests.support.orthanc import AE_TITLE as ORTHANC_AE
+from tests.support.orthanc import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")]
 

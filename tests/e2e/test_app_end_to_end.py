@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.e2e.conftest import run_app
+from tests.support.app_runner import io_args, run_app
 
 pytestmark = pytest.mark.e2e
 PROCESSED_NAMES = {"rg1_j2kr.dcm", "nih_dx_sc.dcm", "siim_fake_mono1.dcm"}
@@ -84,10 +84,10 @@ def test_probability_map_respects_the_lung_prior_floor(mixed_run):
     assert values.min() >= 0.05 - 1 / 255  # Submission 1 background is 0.05 everywhere
 
 
-def test_holoscan_environment_variables_and_weighted_preset(tmp_path, shared_dicom, random_pack):
+def test_holoscan_environment_variables_and_weighted_preset(tmp_path, dicom_dir, random_pack):
     input_folder = tmp_path / "in"
     input_folder.mkdir()
-    shutil.copy(sorted((shared_dicom / "rsna").glob("*.dcm"))[0], input_folder / "a.dcm")
+    shutil.copy(sorted((dicom_dir / "rsna").glob("*.dcm"))[0], input_folder / "a.dcm")
     output = tmp_path / "out"
     env = {"HOLOSCAN_INPUT_PATH": str(input_folder), "HOLOSCAN_OUTPUT_PATH": str(output), "HOLOSCAN_MODEL_PATH": str(random_pack)}
     run = run_app(["--preset", "weighted"], output, env=env, cwd=tmp_path)
@@ -102,7 +102,7 @@ def test_holoscan_environment_variables_and_weighted_preset(tmp_path, shared_dic
         assert weights[name] == pytest.approx(value / sum(inverse.values()), rel=1e-6)
 
 
-def test_corrupt_model_file_stops_before_reading_input(tmp_path, shared_dicom, random_pack):
+def test_corrupt_model_file_stops_before_reading_input(tmp_path, dicom_dir, random_pack):
     pack = tmp_path / "pack"
     shutil.copytree(random_pack, pack)
     weights = pack / "nnunet_2d_336" / "fold_0" / "checkpoint_final.pth"
@@ -111,20 +111,20 @@ def test_corrupt_model_file_stops_before_reading_input(tmp_path, shared_dicom, r
     weights.write_bytes(bytes(data))
     input_folder = tmp_path / "in"
     input_folder.mkdir()
-    shutil.copy(sorted((shared_dicom / "rsna").glob("*.dcm"))[0], input_folder / "a.dcm")
+    shutil.copy(sorted((dicom_dir / "rsna").glob("*.dcm"))[0], input_folder / "a.dcm")
     output = tmp_path / "out"
-    run = run_app(["-i", str(input_folder), "-o", str(output), "-m", str(pack)], output)
+    run = run_app(io_args(input_folder, output, pack), output)
     assert run.returncode == 2
     assert "nnunet_2d_336/fold_0/checkpoint_final.pth: sha256" in run.stderr
     assert "Found 1 files" not in run.stderr  # no input was read
     assert not any(output.iterdir())
 
 
-def test_folder_with_nothing_to_process_exits_3(tmp_path, shared_dicom, random_pack):
+def test_folder_with_nothing_to_process_exits_3(tmp_path, dicom_dir, random_pack):
     input_folder = tmp_path / "in"
     input_folder.mkdir()
-    shutil.copy(shared_dicom / "misc" / "non_chest" / "nhsx_sample_abdomen_OT.dcm", input_folder / "abdomen.dcm")
+    shutil.copy(dicom_dir / "misc" / "non_chest" / "nhsx_sample_abdomen_OT.dcm", input_folder / "abdomen.dcm")
     output = tmp_path / "out"
-    run = run_app(["-i", str(input_folder), "-o", str(output), "-m", str(random_pack)], output)
+    run = run_app(io_args(input_folder, output, random_pack), output)
     assert run.returncode == 3, run.stderr[-2000:]
     assert run.summary["counts"]["refused"] == 1

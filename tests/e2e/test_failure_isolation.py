@@ -13,10 +13,10 @@ from operators.lib.segmenters import ConvNextFpnSegmenter
 pytestmark = pytest.mark.e2e
 
 
-def test_a_failing_step_fails_one_image_and_the_others_finish(tmp_path, shared_dicom, random_pack, monkeypatch):
+def test_a_failing_step_fails_one_image_and_the_others_finish(tmp_path, dicom_dir, random_pack, monkeypatch):
     input_folder = tmp_path / "in"
     input_folder.mkdir()
-    rsna = sorted((shared_dicom / "rsna").glob("*.dcm"))
+    rsna = sorted((dicom_dir / "rsna").glob("*.dcm"))
     for index, path in enumerate(rsna[:3]):
         shutil.copy(path, input_folder / f"{index}.dcm")
     original = ConvNextFpnSegmenter.predict_square

@@ -21,8 +21,8 @@ import pydicom
 import pytest
 
 from operators.lib.dicom_input import decode_pixels, load_cxr
-from tests.reliability import cases
-from tests.reliability.conftest import RESULT_FILES, check_result_folder
+from tests.support import cases
+from tests.support.app_runner import RESULT_FILES, check_result_folder
 
 pytestmark = pytest.mark.e2e
 NAMES = [name for name, *_ in cases.CASES]

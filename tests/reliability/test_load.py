@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from operators.lib.run_report import ExitCode
-from tests.reliability import cases
-from tests.reliability.conftest import RESULT_FILES, check_result_folder, hidden_entries, run_app
+from tests.support import cases
+from tests.support.app_runner import RESULT_FILES, check_result_folder, hidden_entries, io_args, run_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.load]
 STUDIES = 200
@@ -33,7 +33,7 @@ def load_run(tmp_path_factory, dicom_dir, model_pack):
     for index in range(STUDIES):
         cases.study_copy(dicom_dir, index, folder / f"study_{index:03d}.dcm", size=256)
     output = tmp_path_factory.mktemp("load_output")
-    run = run_app(folder, output, model_pack, timeout=900)
+    run = run_app(io_args(folder, output, model_pack), output, timeout=900)
     return folder, run
 
 

@@ -39,11 +39,9 @@ from pydicom.uid import (
 
 from operators.lib.dicom_input import CxrImage, load_cxr
 from operators.lib.errors import InputRejected
-from tests.reliability import cases
+from tests.support import cases
 
-DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
-pytestmark = [pytest.mark.skipif(not DICOM.is_dir(), reason="shared/data/dicom is not beside the checkout"),
-              pytest.mark.filterwarnings("ignore::UserWarning")]  # pydicom warns on every invalid value
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]  # pydicom warns on every invalid value
 
 
 class Example:
@@ -77,15 +75,15 @@ TRANSFER_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8B
                      "1.2.3.4", "")
 
 
-def _base_files() -> dict[str, bytes]:
+def _base_files(dicom_dir: Path) -> dict[str, bytes]:
     """Serialised small real radiographs the examples start from."""
     out: dict[str, bytes] = {}
-    native = cases.new_identity(cases.rsna_uncompressed(DICOM, 0, size=256), "fuzz-native")
-    rle = cases.new_identity(cases.rsna_uncompressed(DICOM, 1, size=256), "fuzz-rle")
+    native = cases.new_identity(cases.rsna_uncompressed(dicom_dir, 0, size=256), "fuzz-native")
+    rle = cases.new_identity(cases.rsna_uncompressed(dicom_dir, 1, size=256), "fuzz-rle")
     rle.compress(RLELossless)
-    j2k = cases.new_identity(cases.rsna_uncompressed(DICOM, 2, size=256), "fuzz-j2k")
+    j2k = cases.new_identity(cases.rsna_uncompressed(dicom_dir, 2, size=256), "fuzz-j2k")
     j2k.compress(JPEG2000Lossless)
-    rg1 = pydicom.dcmread(cases.rg1_file(DICOM))
+    rg1 = pydicom.dcmread(cases.rg1_file(dicom_dir))
     cases.set_pixels(rg1, cases.resized(rg1.pixel_array, 320, 300), bits_stored=15)
     cases.new_identity(rg1, "fuzz-rg1")
     for name, ds in (("native", native), ("rle", rle), ("j2k", j2k), ("rg1", rg1)):
@@ -100,8 +98,8 @@ WORKDIR: list[Path] = []
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _bases_and_workdir(tmp_path_factory):
-    BASES.update(_base_files())
+def _bases_and_workdir(tmp_path_factory, dicom_dir):
+    BASES.update(_base_files(dicom_dir))
     WORKDIR.append(tmp_path_factory.mktemp("fuzz"))
     yield
     BASES.clear()

@@ -8,15 +8,14 @@ used wherever the format allows it:
 model format                      loaded by                                   unpickling
 ================================  ==========================================  =====================
 safetensors + config.json         ``safetensors.torch.load_file`` (ours)      none (no pickle)
+(the xrv DenseNet too: xrv's public pickled weights are converted once by ``tools/convert_xrv_densenet.py``)
 torchxrayvision PSPNet state dict xrv ``PSPNet`` → ``torch.load``             weights_only=True (xrv)
-torchxrayvision DenseNet file     xrv ``DenseNet`` → ``torch.load``           weights_only=False: the file
-                                                                              is a pickled *module*, so
-                                                                              it cannot be weights-only
 nnU-Net v2 ``checkpoint_final``   nnU-Net's ``initialize_from_trained_        weights_only=False (nnU-Net
                                   model_folder`` → ``torch.load``             stores numpy/str objects)
 ================================  ==========================================  =====================
 
-The two ``weights_only=False`` files are exactly why the sha256 check must come first.
+The nnU-Net checkpoints, the only ``weights_only=False`` files, are exactly why the sha256 check must
+come first.
 """
 
 from __future__ import annotations
@@ -27,10 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from app import model_store
+from dataclasses import replace
+
+from app import model_formats
 from app.model_store import MANIFEST_NAME, load_models, read_manifest
 from operators.lib.errors import ModelFolderError
-from tests.reliability.conftest import run_app
+from tests.support.app_runner import io_args, run_app
+
 
 def _copy_pack(pack: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "pack"
@@ -70,7 +72,8 @@ def loaders_forbidden(monkeypatch):
     monkeypatch.setattr(torch, "load", forbidden("torch.load"))
     monkeypatch.setattr(safetensors.torch, "load_file", forbidden("safetensors.load_file"))
     monkeypatch.setattr(segmenters, "load_file", forbidden("segmenters.load_file"))
-    monkeypatch.setattr(model_store, "_build", forbidden("model_store._build"))
+    for architecture, entry in list(model_formats.FORMATS.items()):
+        monkeypatch.setitem(model_formats.FORMATS, architecture, replace(entry, load=forbidden(f"load:{architecture.value}")))
     return calls
 
 
@@ -96,7 +99,7 @@ def test_loaders_are_reached_once_verification_passes(model_pack, loaders_forbid
     """Control for the test above: with an intact pack the forbidden loaders *are* reached."""
     with pytest.raises(ModelFolderError, match="failed to load"):
         load_models(model_pack)
-    assert loaders_forbidden == ["model_store._build"]
+    assert loaders_forbidden == ["load:xrv-densenet121"]  # the first model in manifest order
 
 
 def test_a_loaded_file_missing_from_the_manifest_is_refused(model_pack, tmp_path, loaders_forbidden):
@@ -131,7 +134,6 @@ def test_every_unpickled_file_is_verified_and_weights_only_where_the_format_allo
         "nnunet_2d_336/fold_0/checkpoint_final.pth",
         "nnunet_2d_768/fold_0/checkpoint_final.pth",
         "nnunet_refine_256/fold_0/checkpoint_final.pth",
-        "xrv_densenet121_all/nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt",
     ]
     # our own models are safetensors: never unpickled
     assert not any(path.endswith(".safetensors") for path, _ in loads)
@@ -146,7 +148,7 @@ def test_missing_model_file_stops_the_app_before_input_is_read(model_pack, tmp_p
     folder.mkdir()
     shutil.copy(sorted((dicom_dir / "rsna").glob("*.dcm"))[0], folder / "a.dcm")
     output = tmp_path / "out"
-    run = run_app(folder, output, pack, timeout=300)
+    run = run_app(io_args(folder, output, pack), output, timeout=300)
     assert run.returncode == 2, run.stderr[-3000:]
     assert f"{victim}: missing" in run.stderr
     assert "Found 1 files" not in run.stderr and "a.dcm" not in run.stderr  # no input was read

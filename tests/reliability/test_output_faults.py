@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from operators.lib.run_report import ExitCode
-from tests.reliability import cases
-from tests.reliability.conftest import check_result_folder, hidden_entries, run_app, start_app
+from tests.support import cases
+from tests.support.app_runner import check_result_folder, hidden_entries, io_args, run_app, start_app
 
 pytestmark = pytest.mark.e2e
 DEAD_PID = 999_999_999  # above Linux's pid_max (2**22): never a live process
@@ -60,7 +60,7 @@ def test_read_only_output_folder_writes_nothing_and_fails_with_the_reason(tmp_pa
     output.mkdir()
     output.chmod(0o555)
     try:
-        run = run_app(tmp_path / "in", output, model_pack, prefix=prefix, timeout=300)
+        run = run_app(io_args(tmp_path / "in", output, model_pack), output, prefix=prefix, timeout=300)
     finally:
         output.chmod(0o755)
     # The CLI checks the output folder is writable before loading models or reading any input.
@@ -94,7 +94,7 @@ def test_full_output_disk_fails_only_the_images_that_do_not_fit(tmp_path, dicom_
     _small_studies(dicom_dir, folder, ["a_small.dcm", "c_small.dcm"])
     big = folder / "b_big.dcm"  # 1024² CR: ~2.5 MB of results, more than the disk (or the file limit) allows
     shutil.copy(cases.rsna_files(dicom_dir)[0], big)
-    run = run_app(folder, output, model_pack, timeout=300, **limits)
+    run = run_app(io_args(folder, output, model_pack), output, timeout=300, **limits)
     assert run.returncode == ExitCode.OK, run.stderr[-3000:]
     summary = run.summary
     assert summary["counts"] == {"processed": 2, "refused": 0, "skipped": 0, "failed": 1}
@@ -129,7 +129,7 @@ def test_kill_mid_run_leaves_only_complete_results_and_the_next_run_tidies_up(tm
     stranded.mkdir()
     (stranded / "result.json").write_text('{"status": "processed"}')
 
-    app = start_app(folder, output, model_pack)
+    app = start_app(io_args(folder, output, model_pack), output)
     deadline = time.monotonic() + 240
     killed_while_writing = False
     while app.proc.poll() is None and time.monotonic() < deadline:
@@ -150,7 +150,7 @@ def test_kill_mid_run_leaves_only_complete_results_and_the_next_run_tidies_up(tm
         check_result_folder(result)
     assert not (output / "summary.json").exists()  # a killed run has no summary, rather than a wrong one
 
-    rerun = run_app(folder, output, model_pack, timeout=300)
+    rerun = run_app(io_args(folder, output, model_pack), output, timeout=300)
     assert rerun.returncode == ExitCode.OK, rerun.stderr[-3000:]
     assert rerun.summary["counts"]["processed"] == 4
     assert "left by an interrupted run" in rerun.stderr

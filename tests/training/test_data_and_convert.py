@@ -15,8 +15,8 @@ from training.data import (assign_splits, load_arrays, read_common_layout, read_
                            write_common_layout)
 
 
-def test_split_is_deterministic_stratified_and_complete(cqe_root):
-    records = read_covid_qu_ex(cqe_root)
+def test_split_is_deterministic_stratified_and_complete(cqe_full):
+    records = read_covid_qu_ex(cqe_full)
     first = {r.id: r.split for r in assign_splits(records)}
     again = {r.id: r.split for r in assign_splits(list(reversed(records)))}
     assert first == again  # independent of listing order

@@ -25,10 +25,15 @@ def test_every_card_reports_the_blend_against_the_targets():
 
     metrics = {"maps": {"expert_a": entry(0.6, 0.40), "final: Zones": entry(0.76, 0.30), "final: Weighted": entry(0.70, 0.45),
                         "lung prior alone (positive-study passes)": entry(0.0, 0.50)},
-               "scores": {"gate mean (final maps)": {"auc": 0.96}}}
+               "scores": {"gate mean (final maps)": {"auc": 0.96}, "classifier": {"auc": 0.9}, "expert_a": {"auc": 0.84}},
+               "gate_specificity": 0.96}
     text = "\n".join(pack_results_lines(metrics))
-    assert "Zones 0.760, Weighted 0.700 (target ≥ 0.75: reached)" in text
+    assert "Zones 0.760, Weighted 0.700 (target ≥ 0.7 for both: reached)" in text
+    assert "classifier 0.900, expert_a 0.840 (target ≥ 0.85 each: **not reached**)" in text
+    assert "specificity on clean negatives at the manifest's threshold: 0.960 (target ≥ 0.95: reached)" in text
     assert "0.960 (target ≥ 0.97: **not reached**)" in text
     assert "(target: lower than both: **not reached**)" in text  # Weighted 0.45 is not below the expert's 0.40
-    metrics["maps"]["final: Weighted"] = entry(0.70, 0.35)
-    assert "(target: lower than both: reached)" in "\n".join(pack_results_lines(metrics))
+    metrics["maps"]["final: Weighted"] = entry(0.69, 0.35)
+    text = "\n".join(pack_results_lines(metrics))
+    assert "(target: lower than both: reached)" in text
+    assert "Weighted 0.690 (target ≥ 0.7 for both: **not reached**)" in text

@@ -13,7 +13,7 @@ import torch
 
 SPEC = [
     {"name": "clf", "role": "classifier", "architecture": "xrv-densenet121", "input_size_px": 224,
-     "options": {"weights": "densenet121-res224-all", "label": "Lung Opacity"}, "note": "tiny test"},
+     "options": {"label": "Lung Opacity"}, "note": "tiny test"},
     {"name": "fpn", "role": "expert", "architecture": "convnext-fpn", "input_size_px": 64, "options": {}, "note": "tiny test"},
     {"name": "nn_a", "role": "expert", "architecture": "nnunet-2d", "input_size_px": 64, "options": {"label": "opacity", "fold": 0}, "note": "tiny"},
     {"name": "nn_b", "role": "expert", "architecture": "nnunet-2d", "input_size_px": 64, "options": {"label": "opacity", "fold": 0}, "note": "tiny"},
@@ -104,7 +104,11 @@ def test_pack_assemble_calibrate_evaluate_and_app_loads_it(trained, cqe_subset, 
     make_pack.main(["cards", "--models", str(models), "--runs", str(runs), "--metrics", str(tmp_path / "report" / "metrics.json"), "--spec", str(spec_path)])
     assert "Research use only" in (models / "fpn" / "MODEL_CARD.md").read_text()
     loaded = load_models(models)  # the app's own loader: checksums, formats, fp16 → fp32
-    assert [e.name for e in loaded.experts] == ["fpn", "nn_a", "nn_b"] and loaded.manifest.gate_threshold == manifest["calibration"]["gate_threshold"]
+    assert [e.name for e in loaded.experts] == ["fpn", "nn_a", "nn_b"]
+    assert loaded.manifest.calibration.gate_threshold == manifest["calibration"]["gate_threshold"]
+    for name in ("clf", "fpn", "nn_a", "nn_b"):  # every voter's score is calibrated, and the app reads it back
+        assert loaded.manifest.calibration.scores[name].to_dict() == manifest["models"][name]["calibration"]["score"]
+        assert manifest["models"][name]["calibration"]["score"]["slope"] is not None
     image = np.random.default_rng(0).random((300, 280), dtype=np.float32)
     assert 0 <= loaded.classifier.predict(image) <= 1
     assert loaded.lung.predict_mask(image).shape == image.shape

@@ -4,16 +4,8 @@ import numpy as np
 import pytest
 
 from app.presets import PRESETS, get_preset
-from operators.lib.blending import (
-    LungPass,
-    blend_weights_from_logloss,
-    dilate_mask,
-    gate_is_positive,
-    lung_postprocess,
-    opacity_score,
-    weighted_blend,
-    zones_blend,
-)
+from operators.lib.blending import LungPass, dilate_mask, gate_is_positive, lung_postprocess, weighted_blend, zones_blend
+from operators.lib.calibration import ScoreCalibration, ScoreFeature, blend_weights_from_logloss
 
 
 def test_zones_blend_gives_the_value_of_each_overlap_count():
@@ -61,13 +53,30 @@ def test_gate_uses_the_mean_of_the_scores():
     assert gate_is_positive([0.2, 0.4, 0.6, 0.7], 0.5)[0] is False
 
 
-def test_opacity_score_is_the_mean_of_the_top_percent():
+def test_top_mean_feature_is_the_mean_of_the_top_percent():
+    top = ScoreCalibration(ScoreFeature.TOP_MEAN, 0.01)
     prob = np.zeros((10, 10), dtype=np.float32)
     prob[0, 0] = 1.0  # top 1% of 100 pixels = 1 pixel
-    assert opacity_score(prob) == pytest.approx(1.0)
+    assert top.feature_of(prob) == pytest.approx(1.0)
     prob = np.zeros((20, 20), dtype=np.float32)
     prob[0, 0], prob[0, 1], prob[0, 2], prob[0, 3] = 1.0, 0.5, 0.5, 0.2  # top 4 of 400
-    assert opacity_score(prob) == pytest.approx((1.0 + 0.5 + 0.5 + 0.2) / 4)
+    assert top.feature_of(prob) == pytest.approx((1.0 + 0.5 + 0.5 + 0.2) / 4)
+    assert ScoreCalibration(ScoreFeature.TOP_MEAN, 0.05).feature_of(prob) == pytest.approx(2.2 / 20)
+
+
+def test_area_feature_counts_pixels_at_or_above_its_threshold():
+    prob = np.zeros((10, 10), dtype=np.float32)
+    prob[0, :5] = [0.5, 0.49, 0.8, 0.9, 1.0]
+    assert ScoreCalibration(ScoreFeature.AREA, 0.5).feature_of(prob) == pytest.approx(4 / 100)
+    assert ScoreCalibration(ScoreFeature.AREA, 0.8).feature_of(prob) == pytest.approx(3 / 100)
+
+
+def test_score_logistic_map_by_hand():
+    score = ScoreCalibration(ScoreFeature.AREA, 0.5, slope=2.0, intercept=1.0, offset=0.01)
+    z = 2.0 * np.log(0.04 + 0.01) + 1.0
+    assert score.probability(0.04) == pytest.approx(1 / (1 + np.exp(-z)))
+    assert ScoreCalibration(ScoreFeature.AREA, 0.5).probability(0.04) == pytest.approx(0.04)  # uncalibrated: the raw feature
+    assert score.probability(0.0) < score.probability(0.01) < score.probability(0.5) < 1.0  # monotone
 
 
 def test_dilation_grows_a_point_into_a_disc():

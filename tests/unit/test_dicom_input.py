@@ -1,4 +1,4 @@
-"""DICOM input rules and pixel decoding, on the real files in shared/data/dicom."""
+"""DICOM input rules and pixel decoding, on the real files of the ``dicom_dir`` fixture (tests/data)."""
 
 from pathlib import Path
 
@@ -9,11 +9,13 @@ import pytest
 from operators.lib.dicom_input import check_chest_radiograph, decode_pixels, find_input_files, load_cxr, read_dicom
 from operators.lib.errors import InputRejected
 
-DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
-pytestmark = pytest.mark.skipif(not DICOM.is_dir(), reason="shared/data/dicom is not beside the checkout")
+
+@pytest.fixture(scope="module")
+def DICOM(dicom_dir) -> Path:  # noqa: N802 (reads like the folder it is)
+    return dicom_dir
 
 
-def test_rsna_cr_decodes_to_unit_range():
+def test_rsna_cr_decodes_to_unit_range(DICOM):
     path = sorted((DICOM / "rsna").glob("*.dcm"))[0]
     cxr = load_cxr(path, "case")
     assert cxr.shape == (1024, 1024)
@@ -23,7 +25,7 @@ def test_rsna_cr_decodes_to_unit_range():
 
 
 @pytest.mark.parametrize("name", ["UNCR", "J2KR"])
-def test_monochrome1_rg1_is_inverted_so_lungs_are_dark(name):
+def test_monochrome1_rg1_is_inverted_so_lungs_are_dark(name, DICOM):
     cxr = load_cxr(DICOM / "misc" / f"nema_wg04_RG1_{name}.dcm", "rg1")
     rows, cols = cxr.shape
     # MONOCHROME2 sense after inversion: the mediastinum (centre column) is brighter than the lung fields
@@ -32,26 +34,37 @@ def test_monochrome1_rg1_is_inverted_so_lungs_are_dark(name):
     assert centre > lungs + 0.05
 
 
-def test_jpeg2000_lossless_equals_uncompressed():
-    a = load_cxr(DICOM / "misc" / "nema_wg04_RG1_UNCR.dcm", "a").pixels
-    b = load_cxr(DICOM / "misc" / "nema_wg04_RG1_J2KR.dcm", "b").pixels
-    np.testing.assert_array_equal(a, b)
+def test_jpeg2000_lossless_decodes_as_an_independent_decoder_does(DICOM):
+    """The app's decoder (pylibjpeg-openjpeg) gives the pixels Pillow's JPEG 2000 decoder gives."""
+    from pydicom.pixels import pixel_array
+
+    path = DICOM / "misc" / "nema_wg04_RG1_J2KR.dcm"
+    np.testing.assert_array_equal(pixel_array(path, decoding_plugin="pylibjpeg"), pixel_array(path, decoding_plugin="pillow"))
+    a = load_cxr(DICOM / "misc" / "nema_wg04_RG1_UNCR.dcm", "a").pixels  # the fixture's uncompressed copy
+    np.testing.assert_array_equal(a, load_cxr(path, "b").pixels)
 
 
-def test_nih_dx_secondary_capture_is_accepted_with_warnings():
+def test_jpeg2000_lossy_is_close_to_lossless_but_not_equal(DICOM):
+    lossless = load_cxr(DICOM / "misc" / "nema_wg04_RG1_J2KR.dcm", "a").pixels
+    lossy = load_cxr(DICOM / "misc" / "nema_wg04_RG1_J2KI.dcm", "b").pixels
+    assert lossy.shape == lossless.shape and not np.array_equal(lossy, lossless)
+    assert float(np.abs(lossy - lossless).mean()) < 0.02
+
+
+def test_nih_dx_secondary_capture_is_accepted_with_warnings(DICOM):
     path = next((DICOM / "misc").glob("nih_*.dcm"))
     cxr = load_cxr(path, "nih")
     assert any("BodyPartExamined is absent" in w for w in cxr.warnings)
     assert any("ViewPosition is absent" in w for w in cxr.warnings)
 
 
-def test_abdomen_secondary_capture_is_refused_with_its_name():
+def test_abdomen_secondary_capture_is_refused_with_its_name(DICOM):
     path = DICOM / "misc" / "non_chest" / "nhsx_sample_abdomen_OT.dcm"
     with pytest.raises(InputRejected, match=r"nhsx_sample_abdomen_OT\.dcm: Modality OT secondary capture"):
         load_cxr(path, "x")
 
 
-def test_animal_thorax_is_refused():
+def test_animal_thorax_is_refused(DICOM):
     path = DICOM / "misc" / "non_chest" / "highdicom_dx_image_animal_thorax.dcm"
     with pytest.raises(InputRejected, match=r"highdicom_dx_image_animal_thorax\.dcm: .*veterinary"):
         load_cxr(path, "x")
@@ -64,8 +77,8 @@ def test_non_dicom_file_is_rejected(tmp_path):
         read_dicom(path)
 
 
-def _rsna_header() -> pydicom.Dataset:
-    return pydicom.dcmread(sorted((DICOM / "rsna").glob("*.dcm"))[0])
+def _rsna_header(folder: Path) -> pydicom.Dataset:
+    return pydicom.dcmread(sorted((folder / "rsna").glob("*.dcm"))[0])
 
 
 @pytest.mark.parametrize(
@@ -80,15 +93,15 @@ def _rsna_header() -> pydicom.Dataset:
         ({"Rows": 16, "Columns": 16}, "16×16 px"),
     ],
 )
-def test_header_rules_refuse_with_a_reason(edit, message, tmp_path):
-    ds = _rsna_header()
+def test_header_rules_refuse_with_a_reason(edit, message, tmp_path, DICOM):
+    ds = _rsna_header(DICOM)
     for keyword, value in edit.items():
         setattr(ds, keyword, value)
     with pytest.raises(InputRejected, match=message):
         check_chest_radiograph(ds, tmp_path / "x.dcm")
 
 
-def test_constant_image_is_an_error_not_an_empty_image(tmp_path):
+def test_constant_image_is_an_error_not_an_empty_image(tmp_path, DICOM):
     ds = pydicom.dcmread(DICOM / "misc" / "nema_wg04_RG1_UNCR.dcm")
     ds.PixelData = bytes(len(ds.PixelData))
     with pytest.raises(InputRejected, match="constant image"):
@@ -103,7 +116,7 @@ def test_find_input_files_is_recursive_and_sorted(tmp_path):
 
 
 @pytest.mark.parametrize("syntax_name", ["JPEGLSLossless", "RLELossless", "JPEG2000Lossless"])
-def test_lossless_transfer_syntaxes_decode_to_the_uncompressed_pixels(syntax_name, tmp_path):
+def test_lossless_transfer_syntaxes_decode_to_the_uncompressed_pixels(syntax_name, tmp_path, DICOM):
     import pydicom.uid
 
     source = DICOM / "misc" / "nema_wg04_RG1_UNCR.dcm"
@@ -114,7 +127,7 @@ def test_lossless_transfer_syntaxes_decode_to_the_uncompressed_pixels(syntax_nam
     np.testing.assert_array_equal(load_cxr(path, "x").pixels, load_cxr(source, "y").pixels)
 
 
-def test_jpeg_lossless_process14_decodes(tmp_path):
+def test_jpeg_lossless_process14_decodes(tmp_path, DICOM):
     """JPEG Lossless (process 14, SV1) as CR archives send it, encoded by dcmtk's dcmcjpeg when present."""
     import shutil
     import subprocess

@@ -13,7 +13,8 @@ import torch
 from app.model_store import load_models, read_manifest, verify_files
 from operators.lib.errors import ModelFolderError
 from operators.lib.segmenters import XrvLungSegmenter
-from tools.random_model_pack import build_random_pack, write_xrv_pspnet
+from app.model_formats import write_xrv_pspnet
+from tools.random_model_pack import build_random_pack
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,7 @@ def test_missing_listed_file_is_named(pack_copy):
 
 
 def test_checksums_are_verified_before_anything_is_unpickled(pack_copy, monkeypatch):
-    target = pack_copy / "xrv_densenet121_all"
-    weights = next(target.glob("*.pt"))
+    weights = pack_copy / "nnunet_2d_336" / "fold_0" / "checkpoint_final.pth"  # the one pickled format left
     weights.write_bytes(weights.read_bytes() + b"tampered")
     calls = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError("unpickled")))
@@ -88,13 +88,32 @@ def test_checksums_are_verified_before_anything_is_unpickled(pack_copy, monkeypa
     assert calls == []
 
 
-def test_xrv_classifier_never_downloads_a_missing_file(pack_copy):
-    weights = next((pack_copy / "xrv_densenet121_all").glob("*.pt"))
+def test_xrv_classifier_is_a_state_dict_that_loads_without_unpickling(pack_copy, monkeypatch):
     from operators.lib.segmenters import XrvOpacityClassifier
 
-    weights.unlink()
-    with pytest.raises(ModelFolderError, match="must be staged in the model folder"):
-        XrvOpacityClassifier("x", weights.parent, torch.device("cpu"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("unpickled")))
+    classifier = XrvOpacityClassifier("x", pack_copy / "xrv_densenet121_all", torch.device("cpu"))
+    assert classifier.network.targets[classifier.label_index] == "Lung Opacity"
+    assert float(classifier.network.op_threshs[classifier.label_index]) == pytest.approx(0.20204692)
+
+
+def test_xrv_public_pickle_converts_to_the_state_dict_format(tmp_path):
+    """xrv publishes whole pickled models: the converter turns one into config + safetensors with the same outputs."""
+    from operators.lib.segmenters import XrvOpacityClassifier, import_xrv
+    from tools.convert_xrv_densenet import convert
+
+    torch.manual_seed(3)
+    public = import_xrv().models.DenseNet(num_classes=18).eval()
+    torch.save(public, tmp_path / "public.pt")
+    folder = convert(tmp_path / "public.pt", tmp_path / "converted")
+    classifier = XrvOpacityClassifier("x", folder, torch.device("cpu"))
+    image = np.random.default_rng(0).random((256, 256), dtype=np.float32)
+    from operators.lib.preprocessing import xrv_input
+
+    with torch.inference_mode():
+        public.op_threshs = classifier.network.op_threshs
+        expected = float(public(torch.from_numpy(xrv_input(image, 224)))[0, 16].clamp(0, 1))
+    assert classifier.predict(image) == pytest.approx(expected, abs=1e-6)
 
 
 def test_xrv_pspnet_loads_from_its_real_file_format(tmp_path):
@@ -106,7 +125,7 @@ def test_xrv_pspnet_loads_from_its_real_file_format(tmp_path):
 
 
 def test_zone_values_must_be_five_probabilities(pack_copy):
-    assert read_manifest(pack_copy).zone_values == (0.0, 0.3, 0.5, 0.7, 0.9)
+    assert read_manifest(pack_copy).calibration.zone_values == (0.0, 0.3, 0.5, 0.7, 0.9)
     _edit_manifest(pack_copy, lambda d: d["calibration"].update(zone_values=[0.1, 0.2]))
     with pytest.raises(ModelFolderError, match="five values in"):
-        read_manifest(pack_copy).zone_values
+        read_manifest(pack_copy)

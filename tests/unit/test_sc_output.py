@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom import config
 
 from operators.lib.dicom_input import load_cxr
 from operators.lib.preview import render_preview
@@ -25,9 +24,9 @@ from operators.lib.sc_output import (
     burn_text,
 )
 from operators.lib.seg_output import AlgorithmInfo, write_dataset_atomically
-from tests.unit.test_seg_output import ALLOWED_WARNINGS as SEG_ALLOWED_WARNINGS
-from tests.unit.test_seg_output import SOURCES as SEG_SOURCES
-from tests.unit.test_seg_output import run_dciodvfy
+from tests.support.dicom_checks import ALLOWED_WARNINGS as SEG_ALLOWED_WARNINGS
+from tests.support.dicom_checks import SOURCES as SEG_SOURCES
+from tests.support.dicom_checks import dciodvfy_lines
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
 
@@ -50,26 +49,21 @@ class Built:
 
 
 @pytest.fixture(scope="module", params=sorted(SOURCES))
-def built(request, shared_dicom_dir, tmp_path_factory) -> Built:
-    path = next(shared_dicom_dir.glob(SOURCES[request.param]))
+def built(request, dicom_dir, tmp_path_factory) -> Built:
+    path = next(dicom_dir.glob(SOURCES[request.param]))
     case = load_cxr(path, request.param)
     rows, cols = case.pixels.shape
     yy, xx = np.mgrid[:rows, :cols].astype(np.float32)
     prob = np.clip(1.0 - np.hypot(yy / rows - 0.5, xx / cols - 0.3) * 3.0, 0.0, 1.0).astype(np.float32)
     rgb = np.asarray(render_preview(case.pixels, prob, prob > 0.5, max_side_px=SC_MAX_SIDE_PX))
-    before = config.settings.writing_validation_mode
-    config.settings.writing_validation_mode = config.RAISE
-    try:
-        sc = build_heatmap_secondary_capture(case.dataset, rgb, ALGORITHM, caption="opacity score 0.62 (positive)")
-    finally:
-        config.settings.writing_validation_mode = before
+    sc = build_heatmap_secondary_capture(case.dataset, rgb, ALGORITHM, caption="opacity score 0.62 (positive)")
     out = tmp_path_factory.mktemp(request.param) / "sc_heatmap.dcm"
     write_dataset_atomically(sc, out)
     return Built(case.dataset, rgb, out)
 
 
 def test_sc_dciodvfy_finds_no_error(built, dciodvfy):
-    lines = run_dciodvfy(dciodvfy, built.path)
+    lines = dciodvfy_lines(dciodvfy, built.path)
     assert not [line for line in lines if "Error" in line], "\n".join(lines)
     unexpected = [w for w in lines if w.startswith("Warning") and not any(p.search(w) for p in ALLOWED_WARNINGS)]
     assert not unexpected, "\n".join(unexpected)
@@ -108,12 +102,12 @@ def test_sc_pixels_are_the_rendering_below_a_text_band(built):
     assert (text == 0).all(axis=-1).mean() > 0.5  # a black band
 
 
-def test_sc_keeps_orientation_and_lossy_flag(shared_dicom_dir):
-    nema = load_cxr(shared_dicom_dir / "misc" / "nema_wg04_RG1_UNCR.dcm", "nema")
+def test_sc_keeps_orientation_and_lossy_flag(dicom_dir):
+    nema = load_cxr(dicom_dir / "misc" / "nema_wg04_RG1_UNCR.dcm", "nema")
     rgb = np.zeros((*nema.pixels.shape, 3), np.uint8)
     sc = build_heatmap_secondary_capture(nema.dataset, rgb, ALGORITHM)
     assert list(sc.PatientOrientation) == ["L", "F"]
-    rsna = load_cxr(next(shared_dicom_dir.glob("rsna/0004cfab-*.dcm")), "rsna")
+    rsna = load_cxr(next(dicom_dir.glob("rsna/0004cfab-*.dcm")), "rsna")
     sc = build_heatmap_secondary_capture(rsna.dataset, np.zeros((512, 512, 3), np.uint8), ALGORITHM)
     assert sc.PatientOrientation == "" and sc.LossyImageCompression == "01"  # JPEG baseline source
 
@@ -131,7 +125,7 @@ def test_burn_text_fits_long_lines_into_narrow_images():
         (np.zeros((1024, 512, 3), np.uint8), "not the source's"),
     ],
 )
-def test_sc_input_is_checked(shared_dicom_dir, rgb, match):
-    source = pydicom.dcmread(next(shared_dicom_dir.glob("misc/nih_*.dcm")), stop_before_pixels=True)
+def test_sc_input_is_checked(dicom_dir, rgb, match):
+    source = pydicom.dcmread(next(dicom_dir.glob("misc/nih_*.dcm")), stop_before_pixels=True)
     with pytest.raises(ValueError, match=match):
         build_heatmap_secondary_capture(source, rgb, ALGORITHM)

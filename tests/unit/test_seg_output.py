@@ -22,6 +22,7 @@ import pytest
 from pydicom import config
 
 from operators.lib import seg_output
+from tests.support.dicom_checks import ALLOWED_WARNINGS, SOURCES, dciodvfy_lines, read_header
 from operators.lib.seg_output import (
     AlgorithmInfo,
     build_binary_seg,
@@ -35,41 +36,6 @@ from operators.lib.seg_output import (
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
 
 ALGORITHM = AlgorithmInfo(name="cxr-lung-opacity", version="0.1.0", preset="balanced")
-
-#: Sources: id -> path below shared/data/dicom (a glob matching exactly one file).
-SOURCES = {
-    "rsna-0004": "rsna/0004cfab-*.dcm",
-    "rsna-003d": "rsna/003d8fa0-*.dcm",
-    "rsna-0043": "rsna/00436515-*.dcm",
-    "rsna-0070": "rsna/00704310-*.dcm",
-    "rsna-0094": "rsna/009482dc-*.dcm",
-    "nema-rg1-uncr": "misc/nema_wg04_RG1_UNCR.dcm",
-    "nih-dx-sc": "misc/nih_*.dcm",
-}
-
-#: dciodvfy warnings that are accepted: all come from the source's patient/study attributes, which
-#: are copied unchanged (empty StudyID / StudyDate / StudyTime; names without a "^").
-ALLOWED_WARNINGS = (
-    re.compile(r"needed to build DICOMDIR - (Study ID|Study Date|Study Time)$"),
-    re.compile(r"\((0x0010,0x0010|0x0008,0x0090)\) PN .* - Retired Person Name form$"),
-)
-
-
-@pytest.fixture(autouse=True)
-def strict_writing():
-    """Raise on any invalid value assigned while building (reading stays lenient, see above)."""
-    before = config.settings.writing_validation_mode
-    config.settings.writing_validation_mode = config.RAISE
-    yield
-    config.settings.writing_validation_mode = before
-
-
-def read_header(path: Path) -> pydicom.Dataset:
-    """Read a source the way the app passes it on: whole file read, then PixelData deleted."""
-    ds = pydicom.dcmread(path)
-    del ds.PixelData
-    return ds
-
 
 def synthetic_maps(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probability map (0, 1 and many fractions), opacity mask (p > 0.5), lung mask (two ellipses)."""
@@ -92,24 +58,19 @@ class Built:
 
 
 @pytest.fixture(scope="module", params=sorted(SOURCES))
-def built(request, shared_dicom_dir, tmp_path_factory) -> Built:
+def built(request, dicom_dir, tmp_path_factory) -> Built:
     """Build and write the SEGs of one source: probability, binary, binary empty, binary no lung."""
-    matches = sorted(shared_dicom_dir.glob(SOURCES[request.param]))
+    matches = sorted(dicom_dir.glob(SOURCES[request.param]))
     assert len(matches) == 1, f"{SOURCES[request.param]} matches {matches}"
     source = read_header(matches[0])
     prob, opacity, lung = synthetic_maps(int(source.Rows), int(source.Columns))
     empty = np.zeros_like(opacity)
-    before = config.settings.writing_validation_mode
-    config.settings.writing_validation_mode = config.RAISE
-    try:
-        segs = {
-            "probability": build_probability_seg(source, prob, ALGORITHM),
-            "binary": build_binary_seg(source, opacity, lung, ALGORITHM),
-            "binary-empty": build_binary_seg(source, empty, empty, ALGORITHM),
-            "binary-no-lung": build_binary_seg(source, empty, None, ALGORITHM),
-        }
-    finally:
-        config.settings.writing_validation_mode = before
+    segs = {
+        "probability": build_probability_seg(source, prob, ALGORITHM),
+        "binary": build_binary_seg(source, opacity, lung, ALGORITHM),
+        "binary-empty": build_binary_seg(source, empty, empty, ALGORITHM),
+        "binary-no-lung": build_binary_seg(source, empty, None, ALGORITHM),
+    }
     folder = tmp_path_factory.mktemp(request.param)
     files = {}
     for kind, seg in segs.items():
@@ -118,14 +79,9 @@ def built(request, shared_dicom_dir, tmp_path_factory) -> Built:
     return Built(source, prob, opacity, lung, files)
 
 
-def run_dciodvfy(dciodvfy: str, path: Path) -> list[str]:
-    result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
-    return (result.stdout + result.stderr).splitlines()
-
-
 @pytest.mark.parametrize("kind", ["probability", "binary", "binary-empty", "binary-no-lung"])
 def test_dciodvfy_finds_no_error(built, kind, dciodvfy):
-    lines = run_dciodvfy(dciodvfy, built.files[kind])
+    lines = dciodvfy_lines(dciodvfy, built.files[kind])
     errors = [line for line in lines if "Error" in line]
     assert not errors, "\n".join(lines)
     warnings = [line for line in lines if line.startswith("Warning")]
@@ -217,8 +173,8 @@ def test_patient_orientation_copied_and_no_pixel_measures(built):
     assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
 
 
-def test_source_header_is_not_modified(shared_dicom_dir):
-    source = read_header(next(shared_dicom_dir.glob("misc/nih_*.dcm")))
+def test_source_header_is_not_modified(dicom_dir):
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
     before = source.to_json_dict()
     prob, opacity, lung = synthetic_maps(int(source.Rows), int(source.Columns))
     build_probability_seg(source, prob, ALGORITHM)
@@ -227,15 +183,15 @@ def test_source_header_is_not_modified(shared_dicom_dir):
     assert "StudyDate" not in source  # filled in on the copy only
 
 
-def test_pixel_data_may_be_present(shared_dicom_dir):
-    source = pydicom.dcmread(next(shared_dicom_dir.glob("rsna/0004cfab-*.dcm")))
+def test_pixel_data_may_be_present(dicom_dir):
+    source = pydicom.dcmread(next(dicom_dir.glob("rsna/0004cfab-*.dcm")))
     prob, opacity, _ = synthetic_maps(int(source.Rows), int(source.Columns))
     seg = build_binary_seg(source, opacity, None, ALGORITHM)
     assert seg.StudyInstanceUID == source.StudyInstanceUID
 
 
-def test_nema_spacing_zero_is_dropped_and_orientation_copied(shared_dicom_dir):
-    source = read_header(shared_dicom_dir / "misc" / "nema_wg04_RG1_UNCR.dcm")
+def test_nema_spacing_zero_is_dropped_and_orientation_copied(dicom_dir):
+    source = read_header(dicom_dir / "misc" / "nema_wg04_RG1_UNCR.dcm")
     assert [float(v) for v in source.PixelSpacing] == [0.0, 0.0]
     assert source.PhotometricInterpretation == "MONOCHROME1"
     seg = build_binary_seg(source, np.zeros((source.Rows, source.Columns), bool), None, ALGORITHM)
@@ -244,8 +200,8 @@ def test_nema_spacing_zero_is_dropped_and_orientation_copied(shared_dicom_dir):
     assert seg.PhotometricInterpretation == "MONOCHROME2"  # SEG pixels, not the source's
 
 
-def test_rsna_invalid_patient_age_is_dropped(shared_dicom_dir):
-    source = read_header(next(shared_dicom_dir.glob("rsna/0004cfab-*.dcm")))
+def test_rsna_invalid_patient_age_is_dropped(dicom_dir):
+    source = read_header(next(dicom_dir.glob("rsna/0004cfab-*.dcm")))
     assert source.PatientAge == "51"  # invalid AS ("051Y" would be valid)
     seg = build_binary_seg(source, np.zeros((source.Rows, source.Columns), bool), None, ALGORITHM)
     assert "PatientAge" not in seg
@@ -255,8 +211,8 @@ def test_rsna_invalid_patient_age_is_dropped(shared_dicom_dir):
     assert seg.PatientAge == "051Y"
 
 
-def test_imager_pixel_spacing_only_and_stray_frame_of_reference(shared_dicom_dir, tmp_path, dciodvfy):
-    source = read_header(next(shared_dicom_dir.glob("misc/nih_*.dcm")))
+def test_imager_pixel_spacing_only_and_stray_frame_of_reference(dicom_dir, tmp_path, dciodvfy):
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
     source.ImagerPixelSpacing = [0.2, 0.2]
     source.FrameOfReferenceUID = hd.UID()
     prob, _, _ = synthetic_maps(int(source.Rows), int(source.Columns))
@@ -265,12 +221,12 @@ def test_imager_pixel_spacing_only_and_stray_frame_of_reference(shared_dicom_dir
     assert "FrameOfReferenceUID" not in seg
     path = tmp_path / "seg.dcm"
     write_dataset_atomically(seg, path)
-    assert not [line for line in run_dciodvfy(dciodvfy, path) if "Error" in line]
+    assert not [line for line in dciodvfy_lines(dciodvfy, path) if "Error" in line]
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")
-def test_messy_patient_study_values_are_emptied_not_fatal(shared_dicom_dir, tmp_path, dciodvfy):
-    source = read_header(next(shared_dicom_dir.glob("misc/nih_*.dcm")))
+def test_messy_patient_study_values_are_emptied_not_fatal(dicom_dir, tmp_path, dciodvfy):
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
     before = config.settings.writing_validation_mode
     config.settings.writing_validation_mode = config.IGNORE  # let the test plant invalid values
     try:
@@ -285,7 +241,7 @@ def test_messy_patient_study_values_are_emptied_not_fatal(shared_dicom_dir, tmp_
     assert seg.PatientOrientation == ""
     path = tmp_path / "seg.dcm"
     write_dataset_atomically(seg, path)
-    assert not [line for line in run_dciodvfy(dciodvfy, path) if "Error" in line]
+    assert not [line for line in dciodvfy_lines(dciodvfy, path) if "Error" in line]
 
 
 @pytest.mark.parametrize(
@@ -293,10 +249,10 @@ def test_messy_patient_study_values_are_emptied_not_fatal(shared_dicom_dir, tmp_
     [("rsna/0004cfab-*.dcm", ["0.143", "0.143"]), ("misc/nema_wg04_RG1_UNCR.dcm", None)],
 )
 def test_pixel_measures_from_source_when_enabled(
-    shared_dicom_dir, tmp_path, dciodvfy, monkeypatch, pattern, expected
+    dicom_dir, tmp_path, dciodvfy, monkeypatch, pattern, expected
 ):
     monkeypatch.setattr(seg_output, "PIXEL_MEASURES_FROM_SOURCE", True)
-    source = read_header(next(shared_dicom_dir.glob(pattern)))
+    source = read_header(next(dicom_dir.glob(pattern)))
     prob, _, _ = synthetic_maps(int(source.Rows), int(source.Columns))
     seg = build_probability_seg(source, prob, ALGORITHM)
     shared = seg.SharedFunctionalGroupsSequence[0]
@@ -308,7 +264,7 @@ def test_pixel_measures_from_source_when_enabled(
     assert "SliceThickness" not in shared.PixelMeasuresSequence[0]
     path = tmp_path / "seg.dcm"
     write_dataset_atomically(seg, path)
-    assert not [line for line in run_dciodvfy(dciodvfy, path) if "Error" in line]
+    assert not [line for line in dciodvfy_lines(dciodvfy, path) if "Error" in line]
     # Why the flag is off: highdicom 0.28.2 cannot read back the Pixel Measures it wrote. If this
     # stops raising, highdicom reads them and the flag could be turned on.
     with pytest.raises(AttributeError, match="Pixel Measures"):
@@ -350,21 +306,21 @@ def test_series_description_keeps_marker_within_64_chars():
         np.zeros((1024, 1024), np.uint8),  # not float
     ],
 )
-def test_probability_input_is_checked(shared_dicom_dir, bad):
-    source = read_header(next(shared_dicom_dir.glob("misc/nih_*.dcm")))
+def test_probability_input_is_checked(dicom_dir, bad):
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
     with pytest.raises(ValueError):
         build_probability_seg(source, bad, ALGORITHM)
 
 
-def test_binary_mask_shape_is_checked(shared_dicom_dir):
-    source = read_header(next(shared_dicom_dir.glob("misc/nih_*.dcm")))
+def test_binary_mask_shape_is_checked(dicom_dir):
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
     good = np.zeros((source.Rows, source.Columns), bool)
     with pytest.raises(ValueError):
         build_binary_seg(source, good, good[:-1], ALGORITHM)
 
 
-def test_write_atomically_replaces_and_leaves_nothing_behind(shared_dicom_dir, tmp_path):
-    source = read_header(next(shared_dicom_dir.glob("misc/nih_*.dcm")))
+def test_write_atomically_replaces_and_leaves_nothing_behind(dicom_dir, tmp_path):
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
     seg = build_binary_seg(source, np.zeros((source.Rows, source.Columns), bool), None, ALGORITHM)
     path = tmp_path / "out.dcm"
     path.write_bytes(b"old")

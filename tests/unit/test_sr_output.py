@@ -14,7 +14,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom import config
 from pydicom.sr.codedict import codes
 
 from operators.lib.components import Box
@@ -27,8 +26,8 @@ from operators.lib.sr_output import (
     SEGMENT_TRACKING_ID,
     build_opacity_sr,
 )
-from tests.unit.test_seg_output import ALLOWED_WARNINGS, run_dciodvfy
-from tests.unit.test_seg_output import SOURCES as SEG_SOURCES
+from tests.support.dicom_checks import ALLOWED_WARNINGS, dciodvfy_lines, read_header
+from tests.support.dicom_checks import SOURCES as SEG_SOURCES
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
 
@@ -46,23 +45,14 @@ class Built:
     path: Path
 
 
-def read_header(path: Path) -> pydicom.Dataset:
-    return pydicom.dcmread(path, stop_before_pixels=True)
-
-
 @pytest.fixture(scope="module", params=sorted(SOURCES))
-def built(request, shared_dicom_dir, tmp_path_factory) -> Built:
-    source = read_header(next(shared_dicom_dir.glob(SOURCES[request.param])))
+def built(request, dicom_dir, tmp_path_factory) -> Built:
+    source = read_header(next(dicom_dir.glob(SOURCES[request.param])))
     mask = np.zeros((source.Rows, source.Columns), bool)
     top, left, bottom, right = BOX
     mask[top:bottom, left:right] = True
-    before = config.settings.writing_validation_mode
-    config.settings.writing_validation_mode = config.RAISE
-    try:
-        seg = build_binary_seg(source, mask, mask, ALGORITHM)
-        sr = build_opacity_sr(source, seg, 0.62, True, 0.5, ALGORITHM, regions=[Box(*BOX)])
-    finally:
-        config.settings.writing_validation_mode = before
+    seg = build_binary_seg(source, mask, mask, ALGORITHM)
+    sr = build_opacity_sr(source, seg, 0.62, True, 0.5, ALGORITHM, regions=[Box(*BOX)])
     folder = tmp_path_factory.mktemp(request.param)
     write_dataset_atomically(seg, folder / "seg_binary.dcm")
     write_dataset_atomically(sr, folder / "sr_opacity.dcm")
@@ -70,7 +60,7 @@ def built(request, shared_dicom_dir, tmp_path_factory) -> Built:
 
 
 def test_sr_dciodvfy_finds_no_error(built, dciodvfy):
-    lines = run_dciodvfy(dciodvfy, built.path)
+    lines = dciodvfy_lines(dciodvfy, built.path)
     assert not [line for line in lines if "Error" in line], "\n".join(lines)
     unexpected = [w for w in lines if w.startswith("Warning") and not any(p.search(w) for p in ALLOWED_WARNINGS)]
     assert not unexpected, "\n".join(unexpected)
@@ -125,8 +115,8 @@ def test_sr_references_the_seg_segment_and_the_region(built):
     assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == built.source.SOPInstanceUID
 
 
-def test_negative_study_against_probability_seg(shared_dicom_dir, tmp_path, dciodvfy_errors):
-    source = read_header(next(shared_dicom_dir.glob("misc/nih_*.dcm")))
+def test_negative_study_against_probability_seg(dicom_dir, tmp_path, dciodvfy_errors):
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
     seg = build_probability_seg(source, np.zeros((source.Rows, source.Columns), np.float32), ALGORITHM)
     sr = build_opacity_sr(source, seg, 0.12, False, 0.5, ALGORITHM, regions=[(0, 0, 10, 10)])  # a plain tuple
     path = tmp_path / "sr.dcm"
@@ -146,8 +136,8 @@ def test_negative_study_against_probability_seg(shared_dicom_dir, tmp_path, dcio
         ({"regions": [(0, 0, 10, 5000)]}, "Region 1"),
     ],
 )
-def test_sr_input_is_checked(shared_dicom_dir, kwargs, match):
-    source = read_header(next(shared_dicom_dir.glob("misc/nih_*.dcm")))
+def test_sr_input_is_checked(dicom_dir, kwargs, match):
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
     seg = build_binary_seg(source, np.zeros((source.Rows, source.Columns), bool), None, ALGORITHM)
     arguments = {"opacity_score": 0.5, "positive": True, "threshold": 0.5, **kwargs}
     regions = arguments.pop("regions", ())
@@ -155,9 +145,9 @@ def test_sr_input_is_checked(shared_dicom_dir, kwargs, match):
         build_opacity_sr(source, seg, algorithm=ALGORITHM, regions=regions, **arguments)
 
 
-def test_sr_refuses_a_seg_of_another_image(shared_dicom_dir):
-    nih = read_header(next(shared_dicom_dir.glob("misc/nih_*.dcm")))
-    rsna = read_header(next(shared_dicom_dir.glob("rsna/0004cfab-*.dcm")))
+def test_sr_refuses_a_seg_of_another_image(dicom_dir):
+    nih = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
+    rsna = read_header(next(dicom_dir.glob("rsna/0004cfab-*.dcm")))
     seg = build_binary_seg(rsna, np.zeros((rsna.Rows, rsna.Columns), bool), None, ALGORITHM)
     with pytest.raises(ValueError, match="study"):
         build_opacity_sr(nih, seg, 0.5, True, 0.5, ALGORITHM)

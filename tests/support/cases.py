@@ -1,4 +1,4 @@
-"""A factory of bad (and awkward but valid) inputs, generated from the real DICOMs in shared/data/dicom.
+"""A factory of bad (and awkward but valid) inputs, generated from the real DICOMs of the ``dicom_dir`` fixture.
 
 Every case is written into ONE input folder by :func:`write_cases`, which returns the list of
 :class:`Case` records: the file's path relative to the folder, the outcome the app must report in
