@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from operators.lib.case_naming import case_folder_name
 from operators.lib.dicom_input import find_input_files, load_cxr
 from operators.lib.errors import InputRejected
 from operators.lib.run_report import Outcome, RunLedger
@@ -34,20 +34,11 @@ class DicomCxrInputOperator(Operator):
         self._folder = Path(input_folder)
         self._ledger = ledger
         self._pending: list[Path] | None = None
-        self._case_ids: dict[str, str] = {}  # case id -> file, to disambiguate duplicate SOP Instance UIDs
+        self._case_ids: dict[str, Path] = {}  # result folder name -> its file (duplicate SOP Instance UIDs get _2, _3 …)
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.output(self.OUTPUT)
-
-    def _case_id(self, sop_uid: str, path: Path) -> str:
-        base = re.sub(r"[^0-9A-Za-z._-]", "_", sop_uid) or re.sub(r"[^0-9A-Za-z._-]", "_", path.stem)
-        case_id, n = base, 1
-        while case_id in self._case_ids:
-            n += 1
-            case_id = f"{base}_{n}"
-        self._case_ids[case_id] = str(path)
-        return case_id
 
     def compute(self, op_input, op_output, context) -> None:
         if self._pending is None:
@@ -68,12 +59,10 @@ class DicomCxrInputOperator(Operator):
                 logger.exception("Failed to read %s", path)
                 self._ledger.record(path, Outcome.FAILED, f"{path}: reading failed ({type(exc).__name__}: {exc}).")
                 continue
-            sop_uid = str(cxr.dataset.get("SOPInstanceUID", ""))
-            case_id = self._case_id(sop_uid, path)
-            warnings = list(cxr.warnings)
-            if case_id != re.sub(r"[^0-9A-Za-z._-]", "_", sop_uid):
-                first = self._case_ids[re.sub(r"[^0-9A-Za-z._-]", "_", sop_uid)] if sop_uid else "?"
-                warnings.append(f"SOP Instance UID {sop_uid} is shared with {first}; results are under {case_id}.")
+            case_id, warning = case_folder_name(str(cxr.dataset.get("SOPInstanceUID", "")), path, self._case_ids)
+            if warning:
+                logger.warning("%s: %s", path, warning)
+            warnings = (*cxr.warnings, warning) if warning else cxr.warnings
             cxr = replace(cxr, case_id=case_id, warnings=tuple(warnings), decode_seconds=time.perf_counter() - started)
             logger.info("Read %s as %s (%d×%d) in %.2fs", path, case_id, *cxr.shape, time.perf_counter() - started)
             op_output.emit(cxr, self.OUTPUT)

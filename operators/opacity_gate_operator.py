@@ -6,7 +6,7 @@ import logging
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.lib.results import GateDecision, first_failure, run_step, same_case
+from operators.lib.results import GateDecision, StepFailure, first_failure, run_step, same_case
 from operators.lib.steps import gate
 
 logger = logging.getLogger(__name__)
@@ -29,13 +29,13 @@ class OpacityGateOperator(Operator):
             spec.input(name)
         spec.output(self.OUTPUT)
 
-    def compute(self, op_input, op_output, context) -> None:
-        classifier = op_input.receive(self.CLASSIFIER)
-        experts = tuple(op_input.receive(name) for name in self.EXPERTS)
+    def decide(self, classifier, experts) -> GateDecision | StepFailure:
+        """This operator's work for one image, callable without a graph: a failure upstream passes
+        through; otherwise the mean of the four scores against the run's threshold."""
+        experts = tuple(experts)
         failure = first_failure(classifier, *experts)
         if failure is not None:
-            op_output.emit(failure, self.OUTPUT)
-            return
+            return failure
 
         def work() -> GateDecision:
             same_case(classifier, *experts)
@@ -44,4 +44,9 @@ class OpacityGateOperator(Operator):
                         "positive" if outcome.positive else "negative")
             return GateDecision(classifier.case, classifier, experts, outcome.mean_score, outcome.threshold, outcome.positive)
 
-        op_output.emit(run_step("gate", classifier.case, work), self.OUTPUT)
+        return run_step("gate", classifier.case, work)
+
+    def compute(self, op_input, op_output, context) -> None:
+        classifier = op_input.receive(self.CLASSIFIER)
+        experts = tuple(op_input.receive(name) for name in self.EXPERTS)
+        op_output.emit(self.decide(classifier, experts), self.OUTPUT)

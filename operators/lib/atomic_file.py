@@ -46,3 +46,22 @@ def fsync_directory(folder: Path) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def write_dicom_atomically(dataset, path: Path) -> None:
+    """A DICOM Part 10 file (``dataset`` with file meta information, e.g. a highdicom SOP instance)."""
+    write_atomically(Path(path), lambda stream: dataset.save_as(stream, enforce_file_format=True))
+
+
+def write_json_atomically(data, path: Path) -> None:
+    """JSON (indented; values JSON cannot hold are written as their ``str``); the folder is created."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda stream: stream.write(json.dumps(data, indent=2, default=str).encode()))
+
+
+def write_png_atomically(image, path: Path) -> None:
+    """A PIL image as PNG (compression level 3: a preview, speed over the last bytes)."""
+    write_atomically(Path(path), lambda stream: image.save(stream, format="PNG", compress_level=3))

@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from operators.lib.atomic_file import write_atomically
 
 #: Probabilities at or below this are not coloured.
 HEAT_THRESHOLD = 0.05
@@ -165,16 +164,3 @@ def with_title(img: Image.Image, title: str) -> Image.Image:
     draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
     draw.text((4, 4), title, fill=(255, 255, 255))
     return result
-
-
-def save_png_atomically(img: Image.Image, path: Path) -> None:
-    """Save a PNG so that ``path`` never holds a partial file.
-
-    Parameters
-    ----------
-    img : PIL.Image.Image
-        Image to save.
-    path : pathlib.Path
-        Final file name; its folder must exist.
-    """
-    write_atomically(Path(path), lambda stream: img.save(stream, format="PNG", compress_level=3))  # a preview: speed over the last bytes

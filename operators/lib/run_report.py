@@ -6,7 +6,6 @@ images. At the end the app writes ``summary.json`` (atomically) and derives the 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,7 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from operators.lib.atomic_file import write_atomically
+from operators.lib.atomic_file import write_json_atomically
 
 
 class Outcome(str, Enum):
@@ -44,13 +43,6 @@ class FileRecord:
     reason: str | None = None
     case_id: str | None = None
     outputs: list[str] = field(default_factory=list)
-
-
-def write_json_atomically(data: Any, path: Path) -> None:
-    """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda stream: stream.write(json.dumps(data, indent=2, default=str).encode()))
 
 
 class RunLedger:

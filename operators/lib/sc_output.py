@@ -33,10 +33,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from operators.lib.seg_output import (
     AlgorithmInfo,
-    _drop_invalid_copied_values,
-    _prepare_source,
     series_description,
 )
+from operators.lib.source_header import drop_invalid_copied_values, prepare_source
+from operators.lib.uids import result_uids
 
 #: Text burned into every secondary capture, and written into its ImageComments.
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
@@ -126,6 +126,7 @@ def build_heatmap_secondary_capture(
     *,
     caption: str | None = None,
     series_number: int = 9103,
+    source_key: str | None = None,
 ) -> hd.sc.SCImage:
     """Build a Secondary Capture of the heat map with "NOT FOR DIAGNOSTIC USE" burned in.
 
@@ -140,9 +141,12 @@ def build_heatmap_secondary_capture(
     algorithm : AlgorithmInfo
         Algorithm identity.
     caption : str or None, optional
-        Last line of the text band, e.g. ``"opacity score 0.62 (positive), preset zones"``.
+        Last line of the text band, e.g. ``"opacity score 0.62 (positive), preset zones"``; also
+        written into DerivationDescription, so what is burned in can be read back.
     series_number : int, optional
         Series Number of the new series.
+    source_key : str, optional
+        What the result UIDs are derived from (the case id); the source's SOP Instance UID by default.
 
     Returns
     -------
@@ -168,8 +172,9 @@ def build_heatmap_secondary_capture(
         lines.append(caption)
     burned, _ = burn_text(rgb, lines)
 
-    prepared = _prepare_source(source)
+    prepared = prepare_source(source)
     orientation = _patient_orientation(prepared)
+    series_uid, instance_uid = result_uids(source_key or str(source.SOPInstanceUID), algorithm.version, algorithm.preset, "sc-heatmap")
     now = datetime.datetime.now()
     sc = hd.sc.SCImage(
         pixel_array=burned,
@@ -177,9 +182,9 @@ def build_heatmap_secondary_capture(
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         study_instance_uid=prepared.StudyInstanceUID,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid,
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=instance_uid,
         instance_number=1,
         manufacturer=f"{algorithm.name} MAP"[:_LO_MAX],
         patient_id=prepared.PatientID,
@@ -212,6 +217,7 @@ def build_heatmap_secondary_capture(
     sc.DerivationDescription = (
         f"{NOT_FOR_DIAGNOSTIC_USE}: opacity probability heat map and opacity mask outline blended onto "
         f"the source radiograph by {algorithm.name} {algorithm.version} (preset {algorithm.preset})"
+        + (f". Burned-in caption: {caption}" if caption else "")
     )[:_ST_MAX]
     reference = pydicom.Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
@@ -226,5 +232,5 @@ def build_heatmap_secondary_capture(
         sc.Laterality = ""
     if prepared.get("LossyImageCompression") == "01":
         sc.LossyImageCompression = "01"  # derived from a lossy-compressed image: stays flagged
-    _drop_invalid_copied_values(sc, prepared)
+    drop_invalid_copied_values(sc, prepared)
     return sc

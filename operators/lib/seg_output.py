@@ -1,47 +1,41 @@
 """DICOM SEG output for a single-frame chest radiograph, built with highdicom.
 
-The sources are CR, DX or Secondary Capture images. None of them has a Frame of Reference UID, so
-highdicom builds the SEG in its no-frame-of-reference mode: one frame per segment, pixel-for-pixel
-aligned with the source, no Plane Position / Plane Orientation functional groups.
+Three SEGs per processed image, all on the source's pixel grid, in the source's study:
 
-Rules for what is copied from the source header (all applied to a private copy; the caller's
-dataset is never modified):
+* ``build_probability_seg`` — FRACTIONAL / PROBABILITY, one segment "Opacity": the exact final map
+  (stored as round(p × 255)). The standard's representation of a probability map; OHIF 3.13 does not
+  render FRACTIONAL SEGs (dcmjs: "Fractional segmentations are not yet supported"), Slicer does.
+* ``build_binary_seg`` — BINARY: segment 1 "Opacity" (final map ≥ the preset's threshold), segment 2
+  "Lung" (the lung mask).
+* ``build_band_seg`` — BINARY, the probability map as exclusive bands (:data:`PROBABILITY_BANDS`:
+  0.50–0.75, 0.75–0.90, ≥ 0.90), coloured yellow → red: what OHIF shows as a heat map overlay.
+  (A LABELMAP SEG would suit exclusive bands and has byte-aligned frames, but OHIF 3.13 shifts its
+  segment colours by one; BINARY it is.)
 
-* Patient and study modules: copied by highdicom. Type 2 attributes that highdicom reads with plain
-  attribute access (PatientID, PatientName, PatientBirthDate, PatientSex, AccessionNumber, StudyID,
-  StudyDate, StudyTime) are added empty when the source lacks them (e.g. NIH secondary captures),
-  since highdicom would otherwise raise ``AttributeError``; they (and ReferringPhysicianName) are
-  emptied when their value is one highdicom refuses (PatientSex ``"Male"``, a date ``"2020-01-01"``).
-* PatientOrientation: copied when the source has two values; otherwise written empty
-  (type 2C in the General Image module, required here because the SEG has no Plane Orientation).
-* Pixel spacing: by default the SEG has **no** Pixel Measures functional group
-  (:data:`PIXEL_MEASURES_FROM_SOURCE` is False). The SEG IOD only requires Pixel Measures when a
-  Frame of Reference is present, and the SEG is pixel-for-pixel aligned with the source it
-  references, so a reader gets the spacing from there. Reason: highdicom 0.28.2 writes Pixel
-  Measures for a no-frame-of-reference source as PixelSpacing alone (valid: Slice Thickness is 1C,
-  needed only with a Frame of Reference), but its own reader (``segread``) refuses a Pixel Measures
-  item without SliceThickness, and a projection radiograph has no slice thickness to invent.
-  When the flag is True, the source's PixelSpacing is passed on only if
-  :func:`usable_pixel_spacing` accepts it: exactly two finite values > 0, re-encoded within the
-  16-character DS limit; absent, ``[0, 0]``, negative, NaN or wrong multiplicity is dropped.
-  ImagerPixelSpacing is never used: it is measured at the detector plane, not in the patient,
-  which is what the Pixel Measures macro means.
-* FrameOfReferenceUID, PositionReferenceIndicator, ImageOrientationPatient, ImagePositionPatient,
-  SliceThickness, SpacingBetweenSlices: removed from the copy, so a stray value cannot switch
-  highdicom to its 3D mode (which needs plane positions a projection does not have).
-* Copied patient/study values that break their VR (RSNA's PatientAge ``"51"``) are removed
-  (type 3) or emptied (type 2); nothing is guessed.
-* All frames are kept (``omit_empty_frames=False``), so an empty mask (a negative study) still gives
-  one frame per segment and every described segment has pixel data.
+Known viewer limitation, not ours to fix: OHIF 3.13 with Orthanc 1.10 cannot load a BINARY SEG whose
+frames are not byte-aligned (rows × columns not a multiple of 8, as for the 1955 × 1841 NEMA RG1 test
+image): OHIF's whole-instance prefetch rejects the even-length padding byte of the pixel data ("The
+calculated length … does not match the actual length …") and Orthanc's per-frame endpoint answers
+400 ("Bad file format"). dcmqi and highdicom read those SEGs; the heat-map Secondary Capture shows the
+result in any viewer.
+
+Every SEG carries the nominal image-plane geometry of :mod:`operators.lib.source_header` (frame of
+reference, Plane Orientation, Plane Position, Pixel Measures with the source's spacing): OHIF crashes
+on a SEG without Pixel Measures / Plane Orientation, and dcmqi refuses one without Plane Orientation.
+Every segment has a display colour (RecommendedDisplayCIELabValue) and every SEG a
+ContentCreatorName (the algorithm), so readers paint Opacity red and Lung green instead of one
+default colour. Series and SOP Instance UIDs are derived from the case (:mod:`operators.lib.uids`):
+the same image processed again by the same version and preset gives the same UIDs. All frames are
+kept (``omit_empty_frames=False``), so an empty mask (a negative study) still gives one frame per
+segment and every described segment has pixel data. The header copy rules are
+:mod:`operators.lib.source_header`'s.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -53,13 +47,12 @@ from highdicom.seg import (
     SegmentationTypeValues,
     SegmentDescription,
 )
-from pydicom import config
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.valuerep import DA, TM, format_number_as_ds, validate_value
 
-from operators.lib.atomic_file import write_atomically
+from operators.lib.source_header import drop_invalid_copied_values, nominal_geometry, prepare_source
+from operators.lib.uids import frame_of_reference_uid, result_uids
 
 #: Segmented property type of the opacity segment (DCM 112001 "Opacity").
 OPACITY_CODE: Code = codes.DCM.Opacity
@@ -73,8 +66,17 @@ LUNG_CATEGORY_CODE: Code = codes.SCT.AnatomicalStructure
 #: Algorithm family recorded in the Algorithm Identification Sequence.
 ALGORITHM_FAMILY_CODE: Code = codes.cid7162.ArtificialIntelligence
 
-#: Pass a valid source PixelSpacing on as Pixel Measures (see the module docstring for why not).
-PIXEL_MEASURES_FROM_SOURCE = False
+#: Display colours (RGB, written as CIELab): Opacity red, Lung green.
+OPACITY_RGB = (235, 40, 40)
+LUNG_RGB = (40, 200, 80)
+#: The band SEG's segments: (label, lower bound inclusive, upper bound exclusive, RGB), exclusive bands.
+PROBABILITY_BANDS: tuple[tuple[str, float, float, tuple[int, int, int]], ...] = (
+    ("Opacity p 0.50-0.75", 0.50, 0.75, (255, 220, 0)),
+    ("Opacity p 0.75-0.90", 0.75, 0.90, (255, 140, 0)),
+    ("Opacity p >= 0.90", 0.90, 1.01, (230, 20, 20)),
+)
+#: Series numbers of the result objects (the SC and SR modules use 9103 and 9104).
+PROBABILITY_SERIES, BINARY_SERIES, BAND_SERIES = 9101, 9102, 9105
 
 #: Content Label (CS, at most 16 characters) of both SEG objects.
 CONTENT_LABEL = "OPACITY"
@@ -84,36 +86,6 @@ NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 _LO_MAX = 64
 #: Denominator of the fractional encoding.
 MAX_FRACTIONAL_VALUE = 255
-
-#: Type 2 attributes highdicom's Segmentation reads with plain attribute access from the source.
-_TYPE2_SOURCE_ATTRIBUTES = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-)
-#: More type 2 attributes that may come from the source (emptied, never removed, when invalid).
-_TYPE2_OTHERS = frozenset({"ReferringPhysicianName", "PatientOrientation"})
-#: Attributes left alone even when their value is invalid (removing them would break the object).
-_NEVER_DROPPED = frozenset({"StudyInstanceUID", "SpecificCharacterSet"})
-#: Removed from the source copy, so highdicom always uses its no-frame-of-reference mode.
-_SPATIAL_ATTRIBUTES = (
-    "FrameOfReferenceUID",
-    "PositionReferenceIndicator",
-    "ImageOrientationPatient",
-    "ImagePositionPatient",
-    "SliceThickness",
-    "SpacingBetweenSlices",
-)
-#: Text VRs whose copied values are checked.
-_CHECKED_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
-)
-
 
 @dataclass(frozen=True)
 class AlgorithmInfo:
@@ -132,32 +104,6 @@ class AlgorithmInfo:
     name: str
     version: str
     preset: str
-
-
-def usable_pixel_spacing(source: pydicom.Dataset) -> list[float] | None:
-    """Return the source's PixelSpacing if it is usable, else None.
-
-    Parameters
-    ----------
-    source : pydicom.Dataset
-        Source image header.
-
-    Returns
-    -------
-    list of float or None
-        ``[row_spacing, column_spacing]`` in mm when PixelSpacing holds exactly two finite values
-        > 0; None otherwise (absent, empty, ``[0, 0]``, negative, NaN, wrong multiplicity).
-    """
-    value = source.get("PixelSpacing")
-    if value is None:
-        return None
-    try:
-        values = [float(v) for v in value]
-    except (TypeError, ValueError):
-        return None
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
-        return None
-    return values
 
 
 def series_description(kind: str, preset: str) -> str:
@@ -182,59 +128,24 @@ def series_description(kind: str, preset: str) -> str:
     return f"{kind} [{preset[:room]}] {NOT_FOR_CLINICAL_USE}"
 
 
-def _prepare_source(source: pydicom.Dataset) -> pydicom.Dataset:
-    """Copy the source header (without pixels) and apply the module's copy rules."""
-    prepared = pydicom.Dataset()
-    for tag in source.keys():
-        if tag.group == 0x7FE0:  # Pixel Data, Float Pixel Data, ...: never touched, never copied
-            continue
-        prepared.add(copy.deepcopy(source[tag]))
-    for keyword in (*_TYPE2_SOURCE_ATTRIBUTES, "ReferringPhysicianName"):
-        if keyword not in prepared or prepared[keyword].value is None:
-            setattr(prepared, keyword, "")
-        elif not _acceptable_to_highdicom(prepared[keyword]):
-            prepared[keyword].value = ""
-    spacing = usable_pixel_spacing(source) if PIXEL_MEASURES_FROM_SOURCE else None
-    if spacing is None:
-        if "PixelSpacing" in prepared:
-            del prepared.PixelSpacing
-    else:
-        prepared.PixelSpacing = [format_number_as_ds(float(f"{v:.12g}")) for v in spacing]
-    for keyword in _SPATIAL_ATTRIBUTES:
-        # A projection radiograph cannot be placed in a patient frame of reference; a stray
-        # FrameOfReferenceUID would switch highdicom to its 3D mode, which needs plane positions.
-        if keyword in prepared:
-            delattr(prepared, keyword)
-    return prepared
-
-
-def _acceptable_to_highdicom(element: pydicom.DataElement) -> bool:
-    """Whether highdicom's SOPClass constructor takes this patient/study value without raising.
-
-    It parses PatientSex into an enum (M, F, O) and dates/times into DA/TM; a value it would refuse
-    (``"Male"``, ``"2020-01-01"``) is also invalid DICOM, so it is emptied (type 2).
-    """
-    value = element.value
-    if value in ("", None):
-        return True
-    try:
-        validate_value(element.VR, str(value), config.RAISE)
-        if element.keyword == "PatientSex":
-            return value in ("M", "F", "O")
-        if element.VR == "DA":
-            DA(value)
-        elif element.VR == "TM":
-            TM(value)
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
 def _check_frame_shape(source: pydicom.Dataset, array: np.ndarray, what: str) -> None:
     """Raise ValueError unless ``array`` is 2D with the source's Rows × Columns."""
     expected = (int(source.Rows), int(source.Columns))
     if array.ndim != 2 or tuple(array.shape) != expected:
         raise ValueError(f"{what} has shape {array.shape}, source is {expected} (Rows × Columns)")
+
+
+def _checked_probability(source: pydicom.Dataset, prob_map: np.ndarray) -> np.ndarray:
+    """``prob_map`` as an array after checking shape (the source's), float type, finiteness and range."""
+    prob_map = np.asarray(prob_map)
+    _check_frame_shape(source, prob_map, "prob_map")
+    if not np.issubdtype(prob_map.dtype, np.floating):
+        raise ValueError(f"prob_map must be floating point, got {prob_map.dtype}")
+    if not np.all(np.isfinite(prob_map)):
+        raise ValueError("prob_map has NaN or infinite values")
+    if prob_map.size and (prob_map.min() < 0.0 or prob_map.max() > 1.0):
+        raise ValueError(f"prob_map values must lie in [0, 1], got [{prob_map.min()}, {prob_map.max()}]")
+    return prob_map
 
 
 def _algorithm_identification(algorithm: AlgorithmInfo) -> hd.AlgorithmIdentificationSequence:
@@ -246,17 +157,23 @@ def _algorithm_identification(algorithm: AlgorithmInfo) -> hd.AlgorithmIdentific
     )
 
 
-def _opacity_description(algorithm: AlgorithmInfo) -> SegmentDescription:
+def _colour(rgb: tuple[int, int, int]) -> hd.color.CIELabColor:
+    return hd.color.CIELabColor.from_rgb(*rgb)
+
+
+def _opacity_description(algorithm: AlgorithmInfo, number: int = 1, label: str = "Opacity",
+                         rgb: tuple[int, int, int] = OPACITY_RGB, tracking_id: str = "Lung opacity") -> SegmentDescription:
     return SegmentDescription(
-        segment_number=1,
-        segment_label="Opacity",
+        segment_number=number,
+        segment_label=label,
         segmented_property_category=OPACITY_CATEGORY_CODE,
         segmented_property_type=OPACITY_CODE,
         algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=_algorithm_identification(algorithm),
         tracking_uid=hd.UID(),
-        tracking_id="Lung opacity",
+        tracking_id=tracking_id,
         anatomic_regions=[LUNG_CODE],
+        display_color=_colour(rgb),
     )
 
 
@@ -270,7 +187,13 @@ def _lung_description(algorithm: AlgorithmInfo) -> SegmentDescription:
         algorithm_identification=_algorithm_identification(algorithm),
         tracking_uid=hd.UID(),
         tracking_id="Lung field",
+        display_color=_colour(LUNG_RGB),
     )
+
+
+def content_creator_name(algorithm: AlgorithmInfo) -> str:
+    """ContentCreatorName (PN) of every object: the algorithm, as a person-name family component."""
+    return f"{algorithm.name}^{algorithm.version}"[:64]
 
 
 def _build(
@@ -282,17 +205,22 @@ def _build(
     kind: str,
     content_description: str,
     series_number: int,
+    source_key: str | None,
+    uid_kind: str,
 ) -> Segmentation:
-    prepared = _prepare_source(source)
+    key = source_key or str(source.SOPInstanceUID)
+    geometry = nominal_geometry(source, frame_of_reference_uid(key))
+    prepared = prepare_source(source, geometry)
+    series_uid, instance_uid = result_uids(key, algorithm.version, algorithm.preset, uid_kind)
     now = datetime.datetime.now()
     seg = Segmentation(
         source_images=[prepared],
         pixel_array=pixel_array,
         segmentation_type=segmentation_type,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid,
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=instance_uid,
         instance_number=1,
         manufacturer=f"{algorithm.name} MAP"[:_LO_MAX],
         manufacturer_model_name=algorithm.name[:_LO_MAX],
@@ -307,6 +235,7 @@ def _build(
         max_fractional_value=MAX_FRACTIONAL_VALUE,
         content_description=content_description,
         content_label=CONTENT_LABEL,
+        content_creator_name=content_creator_name(algorithm),
         omit_empty_frames=False,
         series_description=series_description(kind, algorithm.preset),
         series_date=now.date(),
@@ -320,31 +249,9 @@ def _build(
         seg.PatientOrientation = list(orientation)
     else:
         seg.PatientOrientation = ""
-    _drop_invalid_copied_values(seg, prepared)
+    seg.DerivationDescription = geometry.description
+    drop_invalid_copied_values(seg, prepared)
     return seg
-
-
-def _drop_invalid_copied_values(seg: Segmentation, prepared: pydicom.Dataset) -> None:
-    """Remove values copied from the source that break their VR (e.g. PatientAge ``"51"``).
-
-    Only top-level elements whose value equals the source's are looked at (the patient and study
-    attributes highdicom copied). A type 2 attribute is emptied, any other is removed; nothing is
-    guessed (``"51"`` is not rewritten to ``"051Y"``).
-    """
-    for element in list(seg):
-        if element.VR not in _CHECKED_VRS or element.tag not in prepared:
-            continue
-        if element.value != prepared[element.tag].value or element.keyword in _NEVER_DROPPED:
-            continue
-        values = element.value if element.VM > 1 else [element.value]
-        try:
-            for value in values:
-                validate_value(element.VR, str(value), config.RAISE)
-        except ValueError:
-            if element.keyword in _TYPE2_SOURCE_ATTRIBUTES or element.keyword in _TYPE2_OTHERS:
-                seg[element.tag].value = ""
-            else:
-                del seg[element.tag]
 
 
 def build_probability_seg(
@@ -352,7 +259,8 @@ def build_probability_seg(
     prob_map: np.ndarray,
     algorithm: AlgorithmInfo,
     *,
-    series_number: int = 9101,
+    series_number: int = PROBABILITY_SERIES,
+    source_key: str | None = None,
 ) -> Segmentation:
     """Build a FRACTIONAL (PROBABILITY) SEG with one segment, Opacity.
 
@@ -366,6 +274,8 @@ def build_probability_seg(
         Algorithm identity.
     series_number : int, optional
         Series Number of the new series.
+    source_key : str, optional
+        What the result UIDs are derived from (the case id); the source's SOP Instance UID by default.
 
     Returns
     -------
@@ -377,16 +287,7 @@ def build_probability_seg(
     ValueError
         When the shape does not match the source or values are not finite or outside [0, 1].
     """
-    prob_map = np.asarray(prob_map)
-    _check_frame_shape(source, prob_map, "prob_map")
-    if not np.issubdtype(prob_map.dtype, np.floating):
-        raise ValueError(f"prob_map must be floating point, got {prob_map.dtype}")
-    if not np.all(np.isfinite(prob_map)):
-        raise ValueError("prob_map has NaN or infinite values")
-    if prob_map.size and (prob_map.min() < 0.0 or prob_map.max() > 1.0):
-        raise ValueError(
-            f"prob_map values must lie in [0, 1], got [{prob_map.min()}, {prob_map.max()}]"
-        )
+    prob_map = _checked_probability(source, prob_map)
     # Stacked-segments layout (frames, rows, columns, segments): highdicom reads a float 2D array
     # the same way, but the explicit form leaves no doubt that this is one segment.
     pixel_array = prob_map.astype(np.float32, copy=False)[np.newaxis, :, :, np.newaxis]
@@ -399,6 +300,8 @@ def build_probability_seg(
         kind="Opacity probability",
         content_description="Lung opacity probability",
         series_number=series_number,
+        source_key=source_key,
+        uid_kind="seg-probability",
     )
 
 
@@ -408,7 +311,8 @@ def build_binary_seg(
     lung_mask: np.ndarray | None,
     algorithm: AlgorithmInfo,
     *,
-    series_number: int = 9102,
+    series_number: int = BINARY_SERIES,
+    source_key: str | None = None,
 ) -> Segmentation:
     """Build a BINARY SEG: segment 1 Opacity, segment 2 Lung when ``lung_mask`` is given.
 
@@ -424,6 +328,8 @@ def build_binary_seg(
         Algorithm identity.
     series_number : int, optional
         Series Number of the new series.
+    source_key : str, optional
+        What the result UIDs are derived from (the case id); the source's SOP Instance UID by default.
 
     Returns
     -------
@@ -453,22 +359,45 @@ def build_binary_seg(
         kind="Opacity mask",
         content_description="Lung opacity mask" + (" and lung field" if lung_mask is not None else ""),
         series_number=series_number,
+        source_key=source_key,
+        uid_kind="seg-binary",
     )
 
 
-def write_dataset_atomically(dataset: pydicom.Dataset, path: Path) -> None:
-    """Write a DICOM Part 10 file so that ``path`` never holds a partial file.
+def probability_bands(prob_map: np.ndarray, bands: Sequence[tuple[str, float, float, tuple[int, int, int]]] = PROBABILITY_BANDS
+                      ) -> np.ndarray:
+    """H×W×B bool: pixel in band b when lower_b ≤ p < upper_b (exclusive bands)."""
+    prob_map = np.asarray(prob_map)
+    return np.stack([(prob_map >= low) & (prob_map < high) for _, low, high, _ in bands], axis=-1)
 
-    The dataset goes to a temporary file in the same folder, which is flushed, fsynced and then
-    renamed onto ``path`` with :func:`os.replace`; the folder is fsynced afterwards where the
-    platform allows it. On error the temporary file is removed and ``path`` is untouched.
 
-    Parameters
-    ----------
-    dataset : pydicom.Dataset
-        Dataset with file meta information (e.g. a highdicom SOP instance).
-    path : pathlib.Path
-        Final file name; its folder must exist.
+def build_band_seg(
+    source: pydicom.Dataset,
+    prob_map: np.ndarray,
+    algorithm: AlgorithmInfo,
+    *,
+    series_number: int = BAND_SERIES,
+    source_key: str | None = None,
+) -> Segmentation:
+    """Build a BINARY SEG of the probability map in exclusive bands (:data:`PROBABILITY_BANDS`), one
+    segment per band, coloured yellow → red: the heat map a viewer without FRACTIONAL support shows.
+
+    ``prob_map`` is checked as for :func:`build_probability_seg`; pixels below the lowest band are in
+    no segment. Returns the SEG, in the source's study, in a new series, one frame per band.
     """
-    write_atomically(Path(path), lambda stream: dataset.save_as(stream, enforce_file_format=True))
-
+    prob_map = _checked_probability(source, prob_map)
+    descriptions = [_opacity_description(algorithm, number, label, rgb, tracking_id=label)
+                    for number, (label, _, _, rgb) in enumerate(PROBABILITY_BANDS, start=1)]
+    pixel_array = probability_bands(prob_map)[np.newaxis].astype(np.uint8)
+    return _build(
+        source,
+        pixel_array,
+        SegmentationTypeValues.BINARY,
+        descriptions,
+        algorithm,
+        kind="Opacity probability bands",
+        content_description="Lung opacity probability bands",
+        series_number=series_number,
+        source_key=source_key,
+        uid_kind="seg-bands",
+    )

@@ -1,49 +1,51 @@
-"""Structured report of one image's result: highdicom TID 1500 in a Comprehensive 3D SR.
+"""Structured report of one image's result: highdicom TID 1500 in a Comprehensive 3D SR, shaped so that
+OHIF loads it (every measurement group has image coordinates) and dcmqi's ``tid1500reader`` reads it.
 
 What a reading workstation or a downstream system gets, without decoding any pixels:
 
-* one image-level group (TID 1501, tracking id "Lung opacity score"): the study's opacity score as
-  a measurement (DCM 122157 "Probability", unit UCUM ``1``) and the gate decision as a qualitative
-  evaluation (DCM 112001 "Opacity" = SCT "Present" / "Absent"), finding site SCT "Lung", the source
-  radiograph as source image;
-* one planar ROI group (TID 1410, tracking id "Lung opacity (segmentation)"): a reference to the
-  Opacity segment of a SEG (DCM "Referenced Segmentation Frame"), with the segment's Tracking UID;
-* optionally one planar ROI group per opacity region (TID 1410, "Lung opacity region N"): the
-  region's bounding rectangle on the source image as 2D image coordinates (SCOORD POLYLINE, closed,
-  through the pixel edges: (0, 0) is the top-left corner of the top-left pixel, points are
-  (column, row));
-* in every group, the algorithm identification (TID 4019: name, version, parameters ``preset=…``
-  and ``gate_threshold=…``); the whole report is observed by a device named after the algorithm.
+* one planar ROI group (TID 1410, tracking id "Lung opacity score"): the study's opacity score as a
+  measurement (DCM 122157 "Probability", unit UCUM ``1``) and the gate decision as a qualitative
+  evaluation (DCM 112001 "Opacity" = SCT "Present" / "Absent"), finding site SCT "Lung", drawn as the
+  bounding rectangle of the lung fields (the whole image when no lung was found);
+* one planar ROI group per opacity region (TID 1410, "Lung opacity region N"; at most
+  :data:`SR_MAX_REGIONS`, largest first, none smaller than :data:`MIN_REGION_FRACTION` of the image):
+  the region's bounding rectangle, its mean probability, Opacity Present, and as finding site what it
+  overlaps — SCT "Lung" when at least :data:`MIN_LUNG_OVERLAP` of it lies in the lung mask, else SCT
+  "Thoracic structure";
+* rectangles are 2D image coordinates on the source image (SCOORD POLYLINE, closed, through the pixel
+  edges: (0, 0) is the top-left corner of the top-left pixel, points are (column, row));
+* in every group, the algorithm identification (TID 4019: name, version, parameters ``preset=…`` and
+  ``gate_threshold=…``); the whole report is observed by a device named after the algorithm; the
+  BINARY SEG (and the source image) are listed as evidence.
+
+Why not a group without coordinates for the score, or one referencing the SEG's segment (the first
+version did both): OHIF 3.13 cannot "rehydrate" such groups and its SR viewport then fails on the
+missing image reference. The SEG is still referenced, as evidence.
 
 The document is COMPLETE, UNVERIFIED and PRELIMINARY (an algorithm's output, signed by nobody); its
 series description says "NOT FOR CLINICAL USE". Patient and study attributes follow the copy rules of
-:mod:`operators.lib.seg_output`, so the SR matches the SEGs and the SC of the same image. The SOP
-class is Comprehensive 3D SR because it is the one highdicom writes TID 1500 into; the content uses
-2D coordinates only, since a projection radiograph has no frame of reference.
+:mod:`operators.lib.source_header`. The SOP class is Comprehensive 3D SR because it is the one
+highdicom writes TID 1500 into; the content uses 2D coordinates only.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage, generate_uid
 
-from operators.lib.components import Box
-from operators.lib.seg_output import (
-    LUNG_CODE,
-    OPACITY_CATEGORY_CODE,
-    OPACITY_CODE,
-    AlgorithmInfo,
-    _drop_invalid_copied_values,
-    _prepare_source,
-    series_description,
-)
+from operators.lib.components import Box, component_boxes
+from operators.lib.seg_output import LUNG_CODE, OPACITY_CATEGORY_CODE, OPACITY_CODE, AlgorithmInfo, series_description
+from operators.lib.source_header import drop_invalid_copied_values, prepare_source
+from operators.lib.uids import result_uids
 
 #: Procedure reported (SCT 399208008 "Plain chest X-ray").
 PROCEDURE_CODE = Code("399208008", "SCT", "Plain chest X-ray")
@@ -56,9 +58,47 @@ PRESENT_CODE: Code = codes.SCT.Present
 ABSENT_CODE: Code = codes.SCT.Absent
 #: Tracking identifiers of the groups (LO, at most 64 characters).
 SCORE_TRACKING_ID = "Lung opacity score"
-SEGMENT_TRACKING_ID = "Lung opacity (segmentation)"
 REGION_TRACKING_ID = "Lung opacity region {n}"
+#: Finding site of a region that does not overlap the lungs.
+OUTSIDE_LUNG_CODE: Code = codes.SCT.ThoracicStructure
+#: At most this many opacity regions are reported (largest first).
+SR_MAX_REGIONS = 8
+#: Regions smaller than this fraction of the image are left out (a few stray pixels are not a finding).
+MIN_REGION_FRACTION = 0.001
+#: A region is "in the lung" when at least this fraction of its pixels lies in the lung mask.
+MIN_LUNG_OVERLAP = 0.25
 _LO_MAX = 64
+
+
+@dataclass(frozen=True)
+class Region:
+    """One reported opacity region: its bounding box, mean final probability and whether it is in the lung."""
+
+    box: Box
+    mean_probability: float
+    in_lung: bool
+
+
+def opacity_regions(opacity_mask: np.ndarray, lung_mask: np.ndarray, prob_map: np.ndarray,
+                    max_regions: int = SR_MAX_REGIONS, min_area_fraction: float = MIN_REGION_FRACTION) -> list[Region]:
+    """The opacity mask's connected components worth reporting, largest first (module docstring)."""
+    opacity_mask = np.asarray(opacity_mask, bool)
+    labels, _ = ndimage.label(opacity_mask, structure=np.ones((3, 3), bool))
+    regions = []
+    for box in component_boxes(opacity_mask, max_regions, min_area_px=max(1, int(np.ceil(min_area_fraction * opacity_mask.size)))):
+        window = (slice(box.top, box.bottom), slice(box.left, box.right))
+        pixels = opacity_mask[window]
+        inside = np.asarray(lung_mask, bool)[window][pixels]
+        regions.append(Region(box, float(np.asarray(prob_map)[window][pixels].mean()), bool(inside.mean() >= MIN_LUNG_OVERLAP)))
+    return regions
+
+
+def lung_box(lung_mask: np.ndarray) -> Box:
+    """Bounding box of the lung mask; the whole image when the mask is empty."""
+    rows, cols = np.nonzero(np.asarray(lung_mask, bool))
+    if rows.size == 0:
+        return Box(0, 0, *np.shape(lung_mask))
+    return Box(int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
 
 
 def _algorithm_id(algorithm: AlgorithmInfo, threshold: float) -> hd.sr.AlgorithmIdentification:
@@ -108,55 +148,24 @@ def _check_seg(source: pydicom.Dataset, seg: hd.seg.Segmentation) -> None:
         raise ValueError(f"seg does not reference the source image {source.SOPInstanceUID}.")
 
 
-def _segment_reference(
-    source: pydicom.Dataset, seg: hd.seg.Segmentation, segment_number: int
-) -> hd.sr.ReferencedSegmentationFrame:
-    """"Referenced Segmentation Frame" to one segment of ``seg``, by segment number, and its source.
-
-    Built from its two content items rather than with ``from_segmentation``, which (highdicom 0.28.2)
-    fails on a one-segment SEG and writes ReferencedFrameNumber beside ReferencedSegmentNumber. The
-    Image SOP Instance Reference macro (PS3.3 Table 10-3) allows only one of the two for a SEG, and
-    no frame number for a single-frame source; dciodvfy reports either as an error. The segment
-    number names the segment whatever the frame layout.
-    """
-    segment = hd.sr.ImageContentItem(
-        name=codes.DCM.ReferencedSegmentationFrame,
-        referenced_sop_class_uid=seg.SOPClassUID,
-        referenced_sop_instance_uid=seg.SOPInstanceUID,
-        referenced_segment_numbers=segment_number,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    )
-    image = hd.sr.SourceImageForSegmentation(source.SOPClassUID, source.SOPInstanceUID)
-    return hd.sr.ReferencedSegmentationFrame.from_sequence([segment, image])
-
-
-def _region_group(
-    index: int,
-    box: Box | Sequence[int],
-    source: pydicom.Dataset,
-    algorithm_id: hd.sr.AlgorithmIdentification,
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    box = box if isinstance(box, Box) else Box(*(int(v) for v in box))
+def _rectangle(box: Box, source: pydicom.Dataset, what: str) -> hd.sr.ImageRegion:
+    """A closed POLYLINE through the pixel edges of ``box`` on the source image."""
     top, left, bottom, right = box.top, box.left, box.bottom, box.right
     rows, cols = int(source.Rows), int(source.Columns)
     if not (0 <= top < bottom <= rows and 0 <= left < right <= cols):
-        raise ValueError(f"Region {index} {(top, left, bottom, right)} (top, left, bottom, right) is empty or outside the "
-                         f"{rows}×{cols} image.")
+        raise ValueError(f"{what} {(top, left, bottom, right)} (top, left, bottom, right) is empty or outside the {rows}×{cols} image.")
     corners = np.array([[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=np.float32)
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=corners,
-        source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
-    )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=REGION_TRACKING_ID.format(n=index)),
-        referenced_region=region,
-        finding_type=OPACITY_CODE,
-        finding_category=OPACITY_CATEGORY_CODE,
-        finding_sites=[hd.sr.FindingSite(LUNG_CODE)],
-        algorithm_id=algorithm_id,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(OPACITY_CODE, PRESENT_CODE)],
-    )
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
+                             source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID))
+
+
+def _probability(value: float, algorithm_id: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=SCORE_CODE, value=float(value), unit=SCORE_UNIT, algorithm_id=algorithm_id)
+
+
+def _check_unit_interval(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a finite number in [0, 1]; got {value!r}.")
 
 
 def build_opacity_sr(
@@ -167,18 +176,19 @@ def build_opacity_sr(
     threshold: float,
     algorithm: AlgorithmInfo,
     *,
-    regions: Sequence[Box | Sequence[int]] = (),
+    lungs: Box | None = None,
+    regions: Sequence[Region] = (),
     series_number: int = 9104,
+    source_key: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """Build the TID 1500 measurement report of one radiograph's opacity result.
+    """Build the TID 1500 measurement report of one radiograph's opacity result (module docstring).
 
     Parameters
     ----------
     source : pydicom.Dataset
         Header of the single-frame source radiograph (PixelData not needed).
     seg : highdicom.seg.Segmentation
-        A SEG of this source with one Opacity (DCM 112001) segment, e.g. the BINARY SEG; the report
-        references that segment and lists the SEG as evidence.
+        A SEG of this source with one Opacity (DCM 112001) segment, e.g. the BINARY SEG: evidence.
     opacity_score : float
         The study's opacity score in [0, 1] (mean of the four scores).
     positive : bool
@@ -187,11 +197,14 @@ def build_opacity_sr(
         The gate threshold in [0, 1]; recorded as an algorithm parameter.
     algorithm : AlgorithmInfo
         Algorithm identity.
-    regions : sequence of Box or of (top, left, bottom, right), optional
-        Opacity regions in source pixels, bottom and right exclusive (e.g.
-        ``component_boxes(opacity_mask, 8)``); each becomes a planar ROI with 2D coordinates.
+    lungs : Box, optional
+        Where the score is drawn: the lung fields' bounding box (:func:`lung_box`); the whole image by default.
+    regions : sequence of Region, optional
+        Opacity regions (:func:`opacity_regions`), each a group with its rectangle.
     series_number : int, optional
         Series Number of the new series.
+    source_key : str, optional
+        What the result UIDs are derived from (the case id); the source's SOP Instance UID by default.
 
     Returns
     -------
@@ -201,51 +214,51 @@ def build_opacity_sr(
     Raises
     ------
     ValueError
-        When the score or threshold is not a finite number in [0, 1], the SEG is not a SEG of this
-        source with one Opacity segment, or a region is empty or outside the image.
+        When the score, threshold or a region's probability is not a finite number in [0, 1], the SEG
+        is not a SEG of this source with one Opacity segment, or a rectangle is empty or outside the image.
     """
-    for name, value in (("opacity_score", opacity_score), ("threshold", threshold)):
-        if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(f"{name} must be a finite number in [0, 1]; got {value!r}.")
+    _check_unit_interval("opacity_score", opacity_score)
+    _check_unit_interval("threshold", threshold)
     _check_seg(source, seg)
-    segment_number = opacity_segment_number(seg)
+    opacity_segment_number(seg)
     algorithm_id = _algorithm_id(algorithm, float(threshold))
-
-    score_group = hd.sr.MeasurementsAndQualitativeEvaluations(
+    lungs = lungs or Box(0, 0, int(source.Rows), int(source.Columns))
+    score_group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=SCORE_TRACKING_ID),
+        referenced_region=_rectangle(lungs, source, "The lung box"),
         finding_type=OPACITY_CODE,
         finding_category=OPACITY_CATEGORY_CODE,
         finding_sites=[hd.sr.FindingSite(LUNG_CODE)],
         algorithm_id=algorithm_id,
-        measurements=[hd.sr.Measurement(name=SCORE_CODE, value=float(opacity_score), unit=SCORE_UNIT,
-                                        algorithm_id=algorithm_id)],
+        measurements=[_probability(opacity_score, algorithm_id)],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(OPACITY_CODE, PRESENT_CODE if positive else ABSENT_CODE)],
-        source_images=[hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)],
     )
-    segment_item = seg.get_segment_description(segment_number)
-    segment_group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=segment_item.tracking_uid or hd.UID(),
-                                                     identifier=SEGMENT_TRACKING_ID),
-        referenced_segment=_segment_reference(source, seg, segment_number),
-        finding_type=OPACITY_CODE,
-        finding_category=OPACITY_CATEGORY_CODE,
-        finding_sites=[hd.sr.FindingSite(LUNG_CODE)],
-        algorithm_id=algorithm_id,
-    )
-    region_groups = [_region_group(n, box, source, algorithm_id) for n, box in enumerate(regions, start=1)]
+    region_groups = []
+    for n, region in enumerate(regions, start=1):
+        _check_unit_interval(f"region {n} mean probability", region.mean_probability)
+        region_groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=REGION_TRACKING_ID.format(n=n)),
+            referenced_region=_rectangle(region.box, source, f"Region {n}"),
+            finding_type=OPACITY_CODE,
+            finding_category=OPACITY_CATEGORY_CODE,
+            finding_sites=[hd.sr.FindingSite(LUNG_CODE if region.in_lung else OUTSIDE_LUNG_CODE)],
+            algorithm_id=algorithm_id,
+            measurements=[_probability(region.mean_probability, algorithm_id)],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(OPACITY_CODE, PRESENT_CODE)],
+        ))
     report = hd.sr.MeasurementReport(
         observation_context=_device_observer(algorithm),
         procedure_reported=PROCEDURE_CODE,
-        imaging_measurements=[score_group, segment_group, *region_groups],
+        imaging_measurements=[score_group, *region_groups],
     )
-
-    prepared = _prepare_source(source)
+    prepared = prepare_source(source)
+    series_uid, instance_uid = result_uids(source_key or str(source.SOPInstanceUID), algorithm.version, algorithm.preset, "sr")
     sr = hd.sr.Comprehensive3DSR(
         evidence=[prepared, seg],
         content=report,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid,
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=instance_uid,
         instance_number=1,
         manufacturer=f"{algorithm.name} MAP"[:_LO_MAX],
         is_complete=True,
@@ -255,5 +268,5 @@ def build_opacity_sr(
         manufacturer_model_name=algorithm.name[:_LO_MAX],
         software_versions=algorithm.version[:_LO_MAX],
     )
-    _drop_invalid_copied_values(sr, prepared)
+    drop_invalid_copied_values(sr, prepared)
     return sr

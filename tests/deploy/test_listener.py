@@ -33,7 +33,8 @@ FAKE_APP = """
 import json, sys
 from pathlib import Path
 import numpy as np, pydicom
-from operators.lib.seg_output import AlgorithmInfo, build_binary_seg, write_dataset_atomically
+from operators.lib.seg_output import AlgorithmInfo, build_binary_seg
+from operators.lib.atomic_file import write_dicom_atomically
 source, output, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 if mode == "crash":
     raise SystemExit(1)
@@ -42,7 +43,7 @@ if mode == "ok":
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         (output / ds.SOPInstanceUID).mkdir()
         seg = build_binary_seg(ds, np.zeros((ds.Rows, ds.Columns), bool), None, AlgorithmInfo("fake-app", "0", "zones"))
-        write_dataset_atomically(seg, output / ds.SOPInstanceUID / "seg_binary.dcm")
+        write_dicom_atomically(seg, output / ds.SOPInstanceUID / "seg_binary.dcm")
 (output / "summary.json").write_text(json.dumps({"exit_code": 0 if mode == "ok" else 3}))
 """
 
@@ -156,12 +157,13 @@ def test_stow_rs_stores_in_orthanc(orthanc_factory, nih, tmp_path):
         pytest.skip("Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb) is not installed")
     import numpy as np
 
-    from operators.lib.seg_output import AlgorithmInfo, build_binary_seg, write_dataset_atomically
+    from operators.lib.atomic_file import write_dicom_atomically
+    from operators.lib.seg_output import AlgorithmInfo, build_binary_seg
 
     source = pydicom.dcmread(nih, stop_before_pixels=True)
     seg = build_binary_seg(source, np.zeros((source.Rows, source.Columns), bool), None, AlgorithmInfo("stow", "0", "zones"))
     path = tmp_path / "seg.dcm"
-    write_dataset_atomically(seg, path)
+    write_dicom_atomically(seg, path)
     assert send_stow([path], f"{orthanc.url}/dicom-web/studies") == []
     assert [s["MainDicomTags"]["SeriesInstanceUID"] for s in orthanc.find_series(source.StudyInstanceUID, "SEG")] == [seg.SeriesInstanceUID]
     failures = send_stow([path], f"{orthanc.url}/no-such-endpoint")

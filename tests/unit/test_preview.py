@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from operators.lib.preview import (
-    CONTOUR_RGB,
-    HEAT_THRESHOLD,
-    colour_ramp,
-    render_preview,
-    save_png_atomically,
-)
+from operators.lib.atomic_file import write_png_atomically
+from operators.lib.preview import CONTOUR_RGB, HEAT_THRESHOLD, colour_ramp, render_preview
 
 
 def scene(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,12 +94,12 @@ def test_shape_mismatch_is_refused():
         render_preview(image, prob[:-1], mask)
 
 
-def test_save_png_atomically(tmp_path):
+def test_write_png_atomically(tmp_path):
     image, prob, mask = scene(120, 100)
     img = render_preview(image, prob, mask)
     path = tmp_path / "preview.png"
     path.write_bytes(b"old")
-    save_png_atomically(img, path)
+    write_png_atomically(img, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.png"]
     with Image.open(path) as reread:
         assert reread.format == "PNG"

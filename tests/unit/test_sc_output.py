@@ -23,7 +23,8 @@ from operators.lib.sc_output import (
     build_heatmap_secondary_capture,
     burn_text,
 )
-from operators.lib.seg_output import AlgorithmInfo, write_dataset_atomically
+from operators.lib.seg_output import AlgorithmInfo
+from operators.lib.atomic_file import write_dicom_atomically
 from tests.support.dicom_checks import ALLOWED_WARNINGS as SEG_ALLOWED_WARNINGS
 from tests.support.dicom_checks import SOURCES as SEG_SOURCES
 from tests.support.dicom_checks import dciodvfy_lines
@@ -58,7 +59,7 @@ def built(request, dicom_dir, tmp_path_factory) -> Built:
     rgb = np.asarray(render_preview(case.pixels, prob, prob > 0.5, max_side_px=SC_MAX_SIDE_PX))
     sc = build_heatmap_secondary_capture(case.dataset, rgb, ALGORITHM, caption="opacity score 0.62 (positive)")
     out = tmp_path_factory.mktemp(request.param) / "sc_heatmap.dcm"
-    write_dataset_atomically(sc, out)
+    write_dicom_atomically(sc, out)
     return Built(case.dataset, rgb, out)
 
 

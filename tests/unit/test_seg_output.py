@@ -22,15 +22,10 @@ import pytest
 from pydicom import config
 
 from operators.lib import seg_output
+from operators.lib.atomic_file import write_dicom_atomically
+from operators.lib.seg_output import AlgorithmInfo, build_band_seg, build_binary_seg, build_probability_seg, series_description
+from operators.lib.source_header import usable_pixel_spacing
 from tests.support.dicom_checks import ALLOWED_WARNINGS, SOURCES, dciodvfy_lines, read_header
-from operators.lib.seg_output import (
-    AlgorithmInfo,
-    build_binary_seg,
-    build_probability_seg,
-    series_description,
-    usable_pixel_spacing,
-    write_dataset_atomically,
-)
 
 # highdicom warns about single-component patient names (RSNA, NIH); the value is the source's own.
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
@@ -70,16 +65,17 @@ def built(request, dicom_dir, tmp_path_factory) -> Built:
         "binary": build_binary_seg(source, opacity, lung, ALGORITHM),
         "binary-empty": build_binary_seg(source, empty, empty, ALGORITHM),
         "binary-no-lung": build_binary_seg(source, empty, None, ALGORITHM),
+        "bands": build_band_seg(source, prob, ALGORITHM),
     }
     folder = tmp_path_factory.mktemp(request.param)
     files = {}
     for kind, seg in segs.items():
         files[kind] = folder / f"{kind}.dcm"
-        write_dataset_atomically(seg, files[kind])
+        write_dicom_atomically(seg, files[kind])
     return Built(source, prob, opacity, lung, files)
 
 
-@pytest.mark.parametrize("kind", ["probability", "binary", "binary-empty", "binary-no-lung"])
+@pytest.mark.parametrize("kind", ["probability", "binary", "binary-empty", "binary-no-lung", "bands"])
 def test_dciodvfy_finds_no_error(built, kind, dciodvfy):
     lines = dciodvfy_lines(dciodvfy, built.files[kind])
     errors = [line for line in lines if "Error" in line]
@@ -107,7 +103,8 @@ def check_common(seg: hd.seg.Segmentation, source: pydicom.Dataset, series_numbe
         (source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID)
     ]
     assert seg.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert "FrameOfReferenceUID" not in seg
+    check_geometry(seg, source)
+    assert seg.ContentCreatorName == f"{ALGORITHM.name}^{ALGORITHM.version}"
     segment = seg.get_segment_description(1)
     assert segment.segmented_property_type == hd.sr.CodedConcept("112001", "DCM", "Opacity")
     assert segment.segmented_property_category.value == "49755003"
@@ -116,6 +113,21 @@ def check_common(seg: hd.seg.Segmentation, source: pydicom.Dataset, series_numbe
     assert algorithm.AlgorithmName == ALGORITHM.name
     assert algorithm.AlgorithmVersion == ALGORITHM.version
     assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+
+
+def check_geometry(seg: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """The nominal image-plane geometry OHIF and dcmqi need: frame of reference, orientation, position, spacing."""
+    from operators.lib.uids import frame_of_reference_uid
+
+    assert seg.FrameOfReferenceUID == frame_of_reference_uid(str(source.SOPInstanceUID))
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    measures = shared.PixelMeasuresSequence[0]
+    expected = [float(v) for v in source.PixelSpacing] if usable_pixel_spacing(source) else [1.0, 1.0]
+    assert [float(v) for v in measures.PixelSpacing] == pytest.approx(expected)
+    assert float(measures.SliceThickness) == 1.0
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == [0, 0, 0]
 
 
 def pixels(seg: hd.seg.Segmentation, source: pydicom.Dataset, segments: list[int]) -> np.ndarray:
@@ -152,6 +164,23 @@ def test_binary_seg_round_trips(built):
     values = pixels(seg, built.source, [1, 2])
     np.testing.assert_array_equal(values[..., 0].astype(bool), built.opacity)
     np.testing.assert_array_equal(values[..., 1].astype(bool), built.lung)
+    colours = [hd.color.CIELabColor.from_dicom_value(seg.get_segment_description(n).RecommendedDisplayCIELabValue).to_rgb()
+               for n in (1, 2)]
+    assert colours[0][0] > 200 > colours[0][1] and colours[1][1] > 150 > colours[1][0]  # Opacity red, Lung green
+
+
+def test_band_seg_round_trips(built):
+    seg = hd.seg.segread(built.files["bands"])
+    check_common(seg, built.source, 9105)
+    assert seg.segmentation_type == hd.seg.SegmentationTypeValues.BINARY
+    assert [seg.get_segment_description(n).segment_label for n in (1, 2, 3)] == [
+        "Opacity p 0.50-0.75", "Opacity p 0.75-0.90", "Opacity p >= 0.90"]
+    values = pixels(seg, built.source, [1, 2, 3]).astype(bool)
+    prob = built.prob
+    np.testing.assert_array_equal(values[..., 0], (prob >= 0.5) & (prob < 0.75))
+    np.testing.assert_array_equal(values[..., 1], (prob >= 0.75) & (prob < 0.9))
+    np.testing.assert_array_equal(values[..., 2], prob >= 0.9)
+    assert values.sum(axis=-1).max() <= 1  # exclusive: a labelmap viewer paints each pixel once
 
 
 @pytest.mark.parametrize("kind, segments", [("binary-empty", 2), ("binary-no-lung", 1)])
@@ -165,12 +194,12 @@ def test_empty_masks_keep_one_frame_per_segment(built, kind, segments):
     assert not values.any()
 
 
-def test_patient_orientation_copied_and_no_pixel_measures(built):
+def test_patient_orientation_copied_and_geometry_described(built):
     seg = pydicom.dcmread(built.files["probability"], stop_before_pixels=True)
     source_orientation = list(built.source.get("PatientOrientation") or [])
-    assert "PatientOrientation" in seg  # type 2C; dciodvfy errors without it
+    assert "PatientOrientation" in seg
     assert list(seg.PatientOrientation or []) == source_orientation
-    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
+    assert seg.DerivationDescription.startswith("Nominal image-plane geometry")
 
 
 def test_source_header_is_not_modified(dicom_dir):
@@ -190,12 +219,13 @@ def test_pixel_data_may_be_present(dicom_dir):
     assert seg.StudyInstanceUID == source.StudyInstanceUID
 
 
-def test_nema_spacing_zero_is_dropped_and_orientation_copied(dicom_dir):
+def test_nema_spacing_zero_falls_back_to_nominal_and_orientation_copied(dicom_dir):
     source = read_header(dicom_dir / "misc" / "nema_wg04_RG1_UNCR.dcm")
-    assert [float(v) for v in source.PixelSpacing] == [0.0, 0.0]
+    assert [float(v) for v in source.PixelSpacing] == [0.0, 0.0] and "ImagerPixelSpacing" not in source
     assert source.PhotometricInterpretation == "MONOCHROME1"
     seg = build_binary_seg(source, np.zeros((source.Rows, source.Columns), bool), None, ALGORITHM)
-    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing] == [1.0, 1.0]
+    assert "nominal pixel spacing of 1 mm" in seg.DerivationDescription
     assert list(seg.PatientOrientation) == ["L", "F"]
     assert seg.PhotometricInterpretation == "MONOCHROME2"  # SEG pixels, not the source's
 
@@ -213,14 +243,16 @@ def test_rsna_invalid_patient_age_is_dropped(dicom_dir):
 
 def test_imager_pixel_spacing_only_and_stray_frame_of_reference(dicom_dir, tmp_path, dciodvfy):
     source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
-    source.ImagerPixelSpacing = [0.2, 0.2]
-    source.FrameOfReferenceUID = hd.UID()
+    source.ImagerPixelSpacing = [0.2, 0.25]
+    stray = hd.UID()
+    source.FrameOfReferenceUID = stray
     prob, _, _ = synthetic_maps(int(source.Rows), int(source.Columns))
     seg = build_probability_seg(source, prob, ALGORITHM)
-    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
-    assert "FrameOfReferenceUID" not in seg
+    assert [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing] == [0.2, 0.25]
+    assert "ImagerPixelSpacing (at the detector plane" in seg.DerivationDescription
+    assert seg.FrameOfReferenceUID != stray  # the source's own frame is never passed on
     path = tmp_path / "seg.dcm"
-    write_dataset_atomically(seg, path)
+    write_dicom_atomically(seg, path)
     assert not [line for line in dciodvfy_lines(dciodvfy, path) if "Error" in line]
 
 
@@ -240,35 +272,21 @@ def test_messy_patient_study_values_are_emptied_not_fatal(dicom_dir, tmp_path, d
     assert seg.PatientSex == "" and seg.StudyDate == "" and seg.PatientBirthDate == ""
     assert seg.PatientOrientation == ""
     path = tmp_path / "seg.dcm"
-    write_dataset_atomically(seg, path)
+    write_dicom_atomically(seg, path)
     assert not [line for line in dciodvfy_lines(dciodvfy, path) if "Error" in line]
 
 
-@pytest.mark.parametrize(
-    "pattern, expected",
-    [("rsna/0004cfab-*.dcm", ["0.143", "0.143"]), ("misc/nema_wg04_RG1_UNCR.dcm", None)],
-)
-def test_pixel_measures_from_source_when_enabled(
-    dicom_dir, tmp_path, dciodvfy, monkeypatch, pattern, expected
-):
-    monkeypatch.setattr(seg_output, "PIXEL_MEASURES_FROM_SOURCE", True)
-    source = read_header(next(dicom_dir.glob(pattern)))
-    prob, _, _ = synthetic_maps(int(source.Rows), int(source.Columns))
-    seg = build_probability_seg(source, prob, ALGORITHM)
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    if expected is None:  # NEMA RG1: PixelSpacing [0, 0] is not passed on
-        assert "PixelMeasuresSequence" not in shared
-        return
-    # RSNA: "0.14300000000000002" (19 characters, over the DS limit) re-encoded.
-    assert [str(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == expected
-    assert "SliceThickness" not in shared.PixelMeasuresSequence[0]
-    path = tmp_path / "seg.dcm"
-    write_dataset_atomically(seg, path)
-    assert not [line for line in dciodvfy_lines(dciodvfy, path) if "Error" in line]
-    # Why the flag is off: highdicom 0.28.2 cannot read back the Pixel Measures it wrote. If this
-    # stops raising, highdicom reads them and the flag could be turned on.
-    with pytest.raises(AttributeError, match="Pixel Measures"):
-        hd.seg.segread(path)
+def test_result_uids_are_derived_from_the_case_version_and_preset(dicom_dir):
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
+    empty = np.zeros((source.Rows, source.Columns), bool)
+    first, again = build_binary_seg(source, empty, None, ALGORITHM), build_binary_seg(source, empty, None, ALGORITHM)
+    assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (again.SeriesInstanceUID, again.SOPInstanceUID)
+    assert first.SOPInstanceUID.startswith("2.25.") and len(first.SOPInstanceUID) <= 64
+    other_preset = build_binary_seg(source, empty, None, AlgorithmInfo(ALGORITHM.name, ALGORITHM.version, "weighted"))
+    other_case = build_binary_seg(source, empty, None, ALGORITHM, source_key=f"{source.SOPInstanceUID}_2")
+    probability = build_probability_seg(source, empty.astype(np.float32), ALGORITHM)
+    uids = {seg.SOPInstanceUID for seg in (first, other_preset, other_case, probability)}
+    assert len(uids) == 4
 
 
 @pytest.mark.parametrize(
@@ -324,7 +342,7 @@ def test_write_atomically_replaces_and_leaves_nothing_behind(dicom_dir, tmp_path
     seg = build_binary_seg(source, np.zeros((source.Rows, source.Columns), bool), None, ALGORITHM)
     path = tmp_path / "out.dcm"
     path.write_bytes(b"old")
-    write_dataset_atomically(seg, path)
+    write_dicom_atomically(seg, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.dcm"]
     assert pydicom.dcmread(path).SOPInstanceUID == seg.SOPInstanceUID
     assert path.stat().st_mode & 0o777 == 0o644
@@ -332,6 +350,6 @@ def test_write_atomically_replaces_and_leaves_nothing_behind(dicom_dir, tmp_path
     broken = pydicom.Dataset()  # no file meta, no SOP class: save_as refuses
     broken.PatientID = "x"
     with pytest.raises(Exception):
-        write_dataset_atomically(broken, path)
+        write_dicom_atomically(broken, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.dcm"]
     assert pydicom.dcmread(path).SOPInstanceUID == seg.SOPInstanceUID

@@ -1,8 +1,8 @@
-"""TID 1500 opacity report (Comprehensive 3D SR) on real CR / DX / SC sources from shared/data/dicom.
+"""TID 1500 opacity report (Comprehensive 3D SR) on real CR / DX / SC sources (the ``dicom_dir`` fixture).
 
-Each SR references a BINARY SEG built on the same source; both are written, the SR is checked by
-dciodvfy (no "Error" line, only the source-data warnings of test_seg_output.py) and read back with
-highdicom's own SR reader.
+Each SR lists a BINARY SEG built on the same source as evidence; both are written, the SR is checked by
+dciodvfy (no "Error" line, only the source-data warnings of the SEG tests), read back with highdicom's
+own SR reader, and every measurement group has image coordinates (what OHIF needs to load it).
 """
 
 from __future__ import annotations
@@ -17,14 +17,18 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from operators.lib.components import Box
-from operators.lib.seg_output import AlgorithmInfo, build_binary_seg, build_probability_seg, write_dataset_atomically
+from operators.lib.seg_output import AlgorithmInfo, build_binary_seg, build_probability_seg
+from operators.lib.atomic_file import write_dicom_atomically
 from operators.lib.sr_output import (
     OPACITY_CODE,
+    OUTSIDE_LUNG_CODE,
     PROCEDURE_CODE,
     SCORE_CODE,
     SCORE_TRACKING_ID,
-    SEGMENT_TRACKING_ID,
+    Region,
     build_opacity_sr,
+    lung_box,
+    opacity_regions,
 )
 from tests.support.dicom_checks import ALLOWED_WARNINGS, dciodvfy_lines, read_header
 from tests.support.dicom_checks import SOURCES as SEG_SOURCES
@@ -36,6 +40,8 @@ ALGORITHM = AlgorithmInfo(name="cxr-lung-opacity", version="0.1.0", preset="zone
 SOURCES = {key: SEG_SOURCES[key] for key in ("rsna-0004", "nema-rg1-uncr", "nih-dx-sc")}
 #: An opacity region (top, left, bottom, right), used as the mask and as the reported region.
 BOX = (100, 200, 300, 400)
+#: Where the lungs are (the score group's rectangle).
+LUNGS = (50, 60, 220, 480)
 
 
 @dataclass
@@ -52,10 +58,10 @@ def built(request, dicom_dir, tmp_path_factory) -> Built:
     top, left, bottom, right = BOX
     mask[top:bottom, left:right] = True
     seg = build_binary_seg(source, mask, mask, ALGORITHM)
-    sr = build_opacity_sr(source, seg, 0.62, True, 0.5, ALGORITHM, regions=[Box(*BOX)])
+    sr = build_opacity_sr(source, seg, 0.62, True, 0.5, ALGORITHM, lungs=Box(*LUNGS), regions=[Region(Box(*BOX), 0.71, True)])
     folder = tmp_path_factory.mktemp(request.param)
-    write_dataset_atomically(seg, folder / "seg_binary.dcm")
-    write_dataset_atomically(sr, folder / "sr_opacity.dcm")
+    write_dicom_atomically(seg, folder / "seg_binary.dcm")
+    write_dicom_atomically(sr, folder / "sr_opacity.dcm")
     return Built(source, seg, folder / "sr_opacity.dcm")
 
 
@@ -79,51 +85,81 @@ def test_sr_header(built):
     assert "PatientAge" not in sr or sr.PatientAge != "51"
 
 
-def test_sr_reports_score_decision_and_algorithm(built):
+def _rectangle(top, left, bottom, right):
+    return [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]
+
+
+def test_sr_reports_score_decision_and_algorithm_on_the_lungs(built):
     sr = hd.sr.srread(built.path)
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     procedure = hd.sr.utils.find_content_items(sr, name=codes.DCM.ProcedureReported)[0]
     assert hd.sr.CodedConcept.from_dataset(procedure.ConceptCodeSequence[0]) == PROCEDURE_CODE
-    (group,) = sr.content.get_image_measurement_groups(tracking_uid=None)
+    assert sr.content.get_image_measurement_groups() == []  # every group has coordinates (OHIF needs them)
+    group = sr.content.get_planar_roi_measurement_groups()[0]
     assert group.tracking_identifier == SCORE_TRACKING_ID
+    np.testing.assert_array_equal(group.roi.value, _rectangle(*LUNGS))
+    assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == built.source.SOPInstanceUID
     (measurement,) = group.get_measurements(name=SCORE_CODE)
     assert measurement.value == pytest.approx(0.62)
     assert measurement.unit.value == "1"
     (decision,) = group.get_qualitative_evaluations(name=OPACITY_CODE)
     assert decision.value == codes.SCT.Present
+    assert [site.value.value for site in group.finding_sites] == [codes.SCT.Lung.value]
     (algorithm,) = hd.sr.utils.find_content_items(group[0], name=codes.DCM.AlgorithmName, recursive=True)[:1]
     assert algorithm.TextValue == ALGORITHM.name
     parameters = [item.TextValue for item in hd.sr.utils.find_content_items(group[0], name=codes.DCM.AlgorithmParameters, recursive=True)]
     assert "preset=zones" in parameters and "gate_threshold=0.5" in parameters
 
 
-def test_sr_references_the_seg_segment_and_the_region(built):
+def test_sr_region_groups_have_rectangle_probability_and_site(built):
     sr = hd.sr.srread(built.path)
-    segment_group, region_group = sr.content.get_planar_roi_measurement_groups()
-    assert segment_group.tracking_identifier == SEGMENT_TRACKING_ID
-    assert segment_group.tracking_uid == built.seg.get_segment_description(1).tracking_uid
-    assert segment_group.reference_type == codes.DCM.ReferencedSegmentationFrame
-    reference = segment_group.referenced_segmentation_frame
-    seg_ref = reference[0].ReferencedSOPSequence[0]
-    assert seg_ref.ReferencedSOPInstanceUID == built.seg.SOPInstanceUID
-    assert int(seg_ref.ReferencedSegmentNumber) == 1
-    assert reference.source_image_for_segmentation.referenced_sop_instance_uid == built.source.SOPInstanceUID
+    _, region_group = sr.content.get_planar_roi_measurement_groups()
+    assert region_group.tracking_identifier == "Lung opacity region 1"
     region = region_group.roi
     assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
-    top, left, bottom, right = BOX
-    np.testing.assert_array_equal(region.value, [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]])
+    np.testing.assert_array_equal(region.value, _rectangle(*BOX))
     assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == built.source.SOPInstanceUID
+    assert region_group.get_measurements(name=SCORE_CODE)[0].value == pytest.approx(0.71)
+    assert [site.value.value for site in region_group.finding_sites] == [codes.SCT.Lung.value]
+
+
+def test_regions_are_big_enough_largest_first_with_their_own_site_and_probability():
+    opacity = np.zeros((200, 300), bool)
+    lungs = np.zeros((200, 300), bool)
+    lungs[20:180, 20:140] = True
+    prob = np.full((200, 300), 0.6, np.float32)
+    opacity[30:90, 30:100] = True  # in the lung: 4200 px
+    prob[30:90, 30:100] = 0.8
+    opacity[120:150, 200:260] = True  # outside: 1800 px
+    opacity[5, 5] = True  # one pixel: below the minimum area (60 px for this image)
+    regions = opacity_regions(opacity, lungs, prob)
+    assert [r.box.as_list() for r in regions] == [[30, 30, 90, 100], [120, 200, 150, 260]]
+    assert [r.in_lung for r in regions] == [True, False]
+    assert regions[0].mean_probability == pytest.approx(0.8) and regions[1].mean_probability == pytest.approx(0.6)
+    assert lung_box(lungs).as_list() == [20, 20, 180, 140]
+    assert lung_box(np.zeros((4, 5), bool)).as_list() == [0, 0, 4, 5]
+
+
+def test_region_outside_the_lungs_is_not_called_lung(dicom_dir, tmp_path):
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
+    seg = build_binary_seg(source, np.zeros((source.Rows, source.Columns), bool), None, ALGORITHM)
+    sr = build_opacity_sr(source, seg, 0.7, True, 0.5, ALGORITHM, regions=[Region(Box(0, 0, 40, 40), 0.9, False)])
+    path = tmp_path / "sr.dcm"
+    write_dicom_atomically(sr, path)
+    _, region_group = hd.sr.srread(path).content.get_planar_roi_measurement_groups()
+    assert [site.value.value for site in region_group.finding_sites] == [OUTSIDE_LUNG_CODE.value]
 
 
 def test_negative_study_against_probability_seg(dicom_dir, tmp_path, dciodvfy_errors):
     source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
     seg = build_probability_seg(source, np.zeros((source.Rows, source.Columns), np.float32), ALGORITHM)
-    sr = build_opacity_sr(source, seg, 0.12, False, 0.5, ALGORITHM, regions=[(0, 0, 10, 10)])  # a plain tuple
+    sr = build_opacity_sr(source, seg, 0.12, False, 0.5, ALGORITHM)
     path = tmp_path / "sr.dcm"
-    write_dataset_atomically(sr, path)
+    write_dicom_atomically(sr, path)
     assert not dciodvfy_errors(path)
-    (group,) = hd.sr.srread(path).content.get_image_measurement_groups()
+    (group,) = hd.sr.srread(path).content.get_planar_roi_measurement_groups()  # the score alone, on the whole image
     assert group.get_qualitative_evaluations(name=OPACITY_CODE)[0].value == codes.SCT.Absent
+    np.testing.assert_array_equal(group.roi.value, _rectangle(0, 0, int(source.Rows), int(source.Columns)))
 
 
 @pytest.mark.parametrize(
@@ -132,8 +168,9 @@ def test_negative_study_against_probability_seg(dicom_dir, tmp_path, dciodvfy_er
         ({"opacity_score": 1.5}, "opacity_score"),
         ({"opacity_score": float("nan")}, "opacity_score"),
         ({"threshold": -0.1}, "threshold"),
-        ({"regions": [(0, 0, 0, 10)]}, "Region 1"),
-        ({"regions": [(0, 0, 10, 5000)]}, "Region 1"),
+        ({"regions": [Region(Box(0, 0, 0, 10), 0.5, True)]}, "Region 1"),
+        ({"regions": [Region(Box(0, 0, 10, 5000), 0.5, True)]}, "Region 1"),
+        ({"regions": [Region(Box(0, 0, 10, 10), 1.2, True)]}, "region 1 mean probability"),
     ],
 )
 def test_sr_input_is_checked(dicom_dir, kwargs, match):

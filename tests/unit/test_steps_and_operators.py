@@ -1,0 +1,215 @@
+"""Each step operator's logic through the very method the graph calls, on hand-made maps whose expected
+outputs are computed here by hand: positive and negative studies under each preset, the calibrated
+Zones values, the Weighted blend's 1/log-loss weights, the lung-prior passes, the binary threshold,
+the gate threshold and the voters' score calibrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from monai.deploy.core import Fragment
+
+from app.presets import PRESETS, get_preset
+from operators.blend_operator import BlendOperator
+from operators.lib.calibration import Calibration, ScoreCalibration, ScoreFeature, resolve
+from operators.lib.dicom_input import CxrImage
+from operators.lib.results import ClassifierResult, ExpertResult, GateDecision, LungResult, RefinementResult, StepFailure
+from operators.opacity_classifier_operator import OpacityClassifierOperator
+from operators.opacity_gate_operator import OpacityGateOperator
+from operators.refinement_operator import RefinementOperator
+from operators.segmentation_expert_operator import SegmentationExpertOperator
+
+H, W = 60, 80
+EXPERTS = ("fpn", "nn_a", "nn_b")
+REFINE = "refine"
+MAPS = (*EXPERTS, REFINE)
+#: calibration values that differ from every default, so a step that ignores them is caught
+ZONES = (0.02, 0.41, 0.57, 0.73, 0.88)
+LOSSES = {"fpn": 0.5, "nn_a": 0.25, "nn_b": 1.0, "refine": 0.4}
+GATE_THRESHOLD = 0.37
+
+
+@pytest.fixture(scope="module")
+def fragment() -> Fragment:
+    return Fragment()
+
+
+def case() -> CxrImage:
+    ds = pydicom.Dataset()
+    ds.SOPInstanceUID = "1.2.3"
+    return CxrImage("1.2.3", Path("x.dcm"), ds, np.linspace(0, 1, H * W, dtype=np.float32).reshape(H, W))
+
+
+def vote_maps() -> dict[str, np.ndarray]:
+    """Four maps whose votes (≥ 0.5) give 0 … 4 agreeing maps in five column bands of the image."""
+    maps = {name: np.full((H, W), 0.2, np.float32) for name in MAPS}
+    for k in range(1, 5):  # band k (columns 16k … 16k+15): the first k maps vote
+        for name in MAPS[:k]:
+            maps[name][:, 16 * k : 16 * k + 16] = 0.5 + 0.1 * k
+    return maps
+
+
+def lung_mask() -> np.ndarray:
+    mask = np.zeros((H, W), bool)
+    mask[20:40, 30:50] = True
+    return mask
+
+
+def settings_for(preset_name: str, **preset_overrides):
+    calibration = Calibration(gate_threshold=GATE_THRESHOLD, zone_values=ZONES, weighted_logloss=LOSSES)
+    return resolve(get_preset(preset_name, **preset_overrides), calibration, MAPS)
+
+
+def gate_decision(positive: bool, maps: dict[str, np.ndarray] | None = None) -> GateDecision:
+    cxr = case()
+    maps = maps or vote_maps()
+    classifier = ClassifierResult(cxr, "clf", 0.9 if positive else 0.1, 0.0)
+    experts = tuple(ExpertResult(cxr, name, maps[name], 0.9 if positive else 0.1, 0.0) for name in EXPERTS)
+    return GateDecision(cxr, classifier, experts, 0.9 if positive else 0.1, GATE_THRESHOLD, positive)
+
+
+def blend(fragment, preset_name: str, positive: bool, **preset_overrides):
+    maps = vote_maps()
+    gate = gate_decision(positive, maps)
+    refinement = RefinementResult(gate, REFINE, maps[REFINE] if positive else None, (), 0.0)
+    operator = BlendOperator(fragment, settings=settings_for(preset_name, **preset_overrides), name=f"blend_{preset_name}")
+    return operator.blend(refinement, LungResult(gate.case, "lung", lung_mask(), 0.0)), maps
+
+
+def prior_regions(preset_name: str):
+    """Pixels of the lung mask dilated by the preset's radius, and by its wide radius (this image's size)."""
+    from operators.lib.blending import distance_to_mask
+
+    prior = get_preset(preset_name).lung_prior
+    radius = max(1, round(prior.dilation_fraction * min(H, W)))
+    wide = max(radius, round(prior.wide_dilation_fraction * min(H, W)))
+    distance = distance_to_mask(lung_mask())
+    return distance <= radius, distance <= wide
+
+
+@pytest.mark.parametrize("preset_name", ["zones", "zones-low"])
+def test_zones_positive_study_gets_the_manifests_zone_values_then_the_lung_prior(fragment, preset_name):
+    final, _ = blend(fragment, preset_name, positive=True)
+    prior = get_preset(preset_name).lung_prior
+    near, wide = prior_regions(preset_name)
+    votes = np.zeros((H, W), int)
+    for k in range(1, 5):
+        votes[:, 16 * k : 16 * k + 16] = k
+    floor = np.where(near, prior.lung_value_positive, np.where(wide, prior.lung_value_negative, prior.background_positive))
+    expected = np.maximum(np.asarray(ZONES, np.float32)[votes], floor)
+    np.testing.assert_allclose(final.prob_map, expected, atol=1e-6)
+    np.testing.assert_array_equal(final.opacity_mask, expected >= 0.5)
+    assert final.blend == "zones" and final.blend_weights == {}
+
+
+def test_weighted_positive_study_uses_inverse_logloss_weights(fragment):
+    final, maps = blend(fragment, "weighted", positive=True)
+    inverse = {name: 1 / loss for name, loss in LOSSES.items()}
+    weights = {name: value / sum(inverse.values()) for name, value in inverse.items()}
+    assert final.blend_weights == pytest.approx(weights)
+    prior = get_preset("weighted").lung_prior
+    near, wide = prior_regions("weighted")
+    blended = sum(weights[name] * maps[name] for name in MAPS)
+    floor = np.where(near, prior.lung_value_positive, np.where(wide, prior.lung_value_negative, prior.background_positive))
+    np.testing.assert_allclose(final.prob_map, np.maximum(blended, floor), atol=1e-6)
+    assert final.blend == "weighted"
+
+
+@pytest.mark.parametrize("preset_name", sorted(PRESETS))
+def test_negative_study_gets_only_the_negative_lung_pass(fragment, preset_name):
+    final, _ = blend(fragment, preset_name, positive=False)
+    prior = get_preset(preset_name).lung_prior
+    near, _ = prior_regions(preset_name)
+    expected = np.where(near, prior.lung_value_negative, prior.background_negative).astype(np.float32)
+    np.testing.assert_allclose(final.prob_map, expected, atol=1e-6)
+    assert not final.opacity_mask.any() and final.blend_weights == {}
+
+
+def test_binary_mask_uses_the_presets_threshold(fragment):
+    final, _ = blend(fragment, "zones", positive=True, binary_threshold=0.7)
+    np.testing.assert_array_equal(final.opacity_mask, final.prob_map >= 0.7)
+    assert final.opacity_mask.any() and not (final.opacity_mask == (final.prob_map >= 0.5)).all()
+
+
+def test_resolve_takes_calibration_over_defaults_and_says_so():
+    settings = settings_for("zones")
+    assert settings.gate_threshold == GATE_THRESHOLD and settings.sources["gate_threshold"] == "manifest calibration"
+    assert settings.preset.zone_values == ZONES and settings.sources["zone_values"] == "manifest calibration"
+    bare = resolve(get_preset("weighted"), Calibration(weighted_logloss={"fpn": 0.5}), MAPS)
+    assert bare.gate_threshold == 0.5 and bare.sources["gate_threshold"].startswith("default")
+    assert bare.blend_weights == {name: 0.25 for name in MAPS} and bare.sources["blend_weights"].startswith("equal")
+    assert bare.preset.zone_values == get_preset("weighted").zone_values
+    fixed = resolve(get_preset("zones", gate_threshold=0.8, zone_values_from_calibration=False), Calibration(GATE_THRESHOLD, ZONES), MAPS)
+    assert fixed.gate_threshold == 0.8 and fixed.sources["gate_threshold"] == "preset"
+    assert fixed.preset.zone_values == get_preset("zones").zone_values and fixed.sources["zone_values"] == "preset default"
+
+
+@pytest.mark.parametrize("scores, positive", [((0.2, 0.3, 0.5, 0.5), True), ((0.2, 0.3, 0.5, 0.47), False)])
+def test_gate_operator_compares_the_mean_with_the_runs_threshold(fragment, scores, positive):
+    cxr = case()
+    operator = OpacityGateOperator(fragment, threshold=GATE_THRESHOLD, name=f"gate_{positive}")
+    classifier = ClassifierResult(cxr, "clf", scores[0], 0.0)
+    experts = [ExpertResult(cxr, name, np.zeros((H, W), np.float32), s, 0.0) for name, s in zip(EXPERTS, scores[1:])]
+    decision = operator.decide(classifier, experts)
+    assert decision.mean_score == pytest.approx(np.mean(scores)) and decision.threshold == GATE_THRESHOLD
+    assert decision.positive is positive  # mean 0.375 ≥ 0.37; mean 0.3675 < 0.37
+    assert decision.scores == {"clf": scores[0], **dict(zip(EXPERTS, scores[1:]))}
+
+
+class _Model:
+    """A model stand-in that records what it is given (the step's inputs are what is under test)."""
+
+    def __init__(self, name: str, size: int, value: float = 0.8):
+        self.name, self.input_size_px, self.value, self.calls = name, size, value, []
+
+    def predict_square(self, square: np.ndarray) -> np.ndarray:
+        self.calls.append(square.shape)
+        out = np.zeros(square.shape, np.float32)
+        out[square.shape[0] // 4 : 3 * square.shape[0] // 4, square.shape[1] // 4 : 3 * square.shape[1] // 4] = self.value
+        return out
+
+    def predict(self, image: np.ndarray) -> float:
+        return 0.3
+
+
+def test_refinement_refines_the_union_of_the_expert_masks_of_positive_studies_only(fragment):
+    maps = {name: np.zeros((H, W), np.float32) for name in MAPS}
+    maps["fpn"][10:20, 10:20] = 0.9  # two separate components from two experts
+    maps["nn_b"][40:50, 50:70] = 0.6
+    maps["nn_a"][40:50, 50:70] = 0.4  # below the mask threshold: not part of the union
+    model = _Model(REFINE, 32)
+    operator = RefinementOperator(fragment, model=model, preset=get_preset("zones"), name="refinement")
+    result = operator.refine(gate_decision(True, maps))
+    assert len(model.calls) == 2 and all(shape == (32, 32) for shape in model.calls)
+    boxes = sorted(result.boxes)
+    assert len(boxes) == 2
+    (t1, l1, b1, r1), (t2, l2, b2, r2) = boxes
+    assert t1 <= 10 and l1 <= 10 and b1 >= 20 and r1 >= 20 and t2 <= 40 and l2 <= 50 and b2 >= 50 and r2 >= 70
+    outside = np.ones((H, W), bool)
+    for top, left, bottom, right in boxes:
+        outside[top:bottom, left:right] = False
+    assert result.prob_map.shape == (H, W) and not result.prob_map[outside].any() and result.prob_map.max() == pytest.approx(0.8)
+    negative = operator.refine(gate_decision(False, maps))
+    assert negative.prob_map is None and negative.boxes == () and len(model.calls) == 2
+
+
+def test_expert_and_classifier_operators_apply_their_score_calibration(fragment):
+    area = ScoreCalibration(ScoreFeature.AREA, 0.5, slope=2.0, intercept=1.0)
+    expert = SegmentationExpertOperator(fragment, model=_Model("fpn", 40), score=area, name="expert")
+    result = expert.run(case())
+    square = _Model("x", 40).predict_square(np.zeros((40, 40), np.float32))
+    assert result.score == pytest.approx(area.probability(area.feature_of(square)))
+    assert result.score != pytest.approx(area.feature_of(square))  # the map, not the raw feature
+    assert result.prob_map.shape == (H, W)
+    mapped = ScoreCalibration(ScoreFeature.CLASSIFIER, 0.0, slope=3.0, intercept=2.0)
+    classifier = OpacityClassifierOperator(fragment, model=_Model("clf", 224), score=mapped, name="classifier")
+    assert classifier.run(case()).score == pytest.approx(mapped.probability(0.3))
+
+
+def test_a_failure_upstream_passes_through_every_step(fragment):
+    failure = StepFailure(case(), "expert:fpn", "boom")
+    operator = OpacityGateOperator(fragment, threshold=GATE_THRESHOLD, name="gate_failure")
+    assert operator.decide(failure, []) is failure
