@@ -71,6 +71,17 @@ def _resolve_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     return Path(context.input_path), Path(context.output_path), Path(context.model_path)
 
 
+def _nested(input_folder: Path, output_folder: Path) -> str | None:
+    """Why the two folders cannot be used together (one inside the other, or the same), or None:
+    results written into the input would be read back as inputs by the next run."""
+    inside, outside = input_folder.resolve(), output_folder.resolve()
+    if outside == inside or outside.is_relative_to(inside):
+        return f"Output folder {output_folder} is inside the input folder {input_folder}; its results would be read as inputs."
+    if inside.is_relative_to(outside):
+        return f"Input folder {input_folder} is inside the output folder {output_folder}; choose folders apart."
+    return None
+
+
 def _write_summary(ledger: RunLedger, output_folder: Path) -> bool:
     """Write summary.json; on failure (e.g. the disk filled up) log why and return False."""
     try:
@@ -95,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     input_folder, output_folder, model_folder = _resolve_paths(args)
     if not input_folder.is_dir():
         logger.error("Input folder %s does not exist or is not a folder.", input_folder)
+        return int(ExitCode.CONFIGURATION)
+    nested = _nested(input_folder, output_folder)
+    if nested:
+        logger.error("%s", nested)
         return int(ExitCode.CONFIGURATION)
     try:
         output_folder.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,10 @@ class DicomCxrInputOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         if self._pending is None:
-            self._pending = find_input_files(self._folder)
+            self._pending, left_out = find_input_files(self._folder)
+            for path, reason in left_out:
+                logger.warning("Skipped %s", reason)
+                self._ledger.record(path, Outcome.SKIPPED, reason)
             logger.info("Found %d files under %s", len(self._pending), self._folder)
         while self._pending:
             path = self._pending.pop(0)

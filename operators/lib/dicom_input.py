@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,12 +105,35 @@ class CxrImage:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
-def find_input_files(folder: Path) -> list[Path]:
-    """All regular files under ``folder``, recursively, in a stable (sorted) order."""
+def find_input_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(every regular file under ``folder``, recursively, in a stable order; the entries left out, with why).
+
+    Symbolic links are not followed out of the folder: a link whose target lies outside ``folder``
+    (a file or a folder) is left out with the reason, so an input folder cannot make the app read
+    other files of the machine. Links that stay inside are followed; folder links are not walked
+    (their files are reached through their real path).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Input folder {folder} does not exist or is not a folder.")
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    root = folder.resolve()
+    files: list[Path] = []
+    left_out: list[tuple[Path, str]] = []
+    for directory, subfolders, names in os.walk(folder, followlinks=False):
+        for name in sorted(subfolders):
+            path = Path(directory) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                left_out.append((path, f"{path}: symbolic link to {path.resolve()}, outside the input folder; not followed."))
+        for name in names:
+            path = Path(directory) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    left_out.append((path, f"{path}: symbolic link to {target}, outside the input folder; not followed."))
+                    continue
+            if path.is_file():
+                files.append(path)
+    return sorted(files), sorted(left_out)
 
 
 #: Reason prefixes; the input operator files a refusal that starts with one of these as "skipped".
@@ -398,8 +422,26 @@ def _writable_character_set(header: Dataset, path: Path, warnings: list[str]) ->
                         "and the outputs use UTF-8 (ISO_IR 192).")
 
 
+def check_size_before_pixels(path: Path) -> None:
+    """Read only the header and refuse an image too large to decode (Rows/Columns beyond
+    :data:`MAX_SIDE_PX`, or more than one frame) before its pixel data is read into memory."""
+    header = _dcmread(path, stop_before_pixels=True)
+    try:
+        rows, cols, frames = _int(header, "Rows", 0), _int(header, "Columns", 0), _int(header, "NumberOfFrames", 1)
+    except _BadElement as exc:
+        raise exc.rejected(path) from exc.cause
+    if max(rows, cols) > MAX_SIDE_PX:
+        raise InputRejected(f"{path}: image is {rows}×{cols} px; the largest accepted side is {MAX_SIDE_PX} px.")
+    if frames != 1:
+        raise InputRejected(f"{path}: has {frames} frames; only single-frame radiographs are processed.")
+
+
 def load_cxr(path: Path, case_id: str) -> CxrImage:
-    """Read, check and decode one file into a :class:`CxrImage`, or raise InputRejected."""
+    """Read, check and decode one file into a :class:`CxrImage`, or raise InputRejected.
+
+    The header is checked for size first (:func:`check_size_before_pixels`), so a huge image is
+    refused without its pixel data being read."""
+    check_size_before_pixels(path)
     ds = read_dicom(path)
     warnings = check_chest_radiograph(ds, path)
     pixels = decode_pixels(ds, path, warnings)

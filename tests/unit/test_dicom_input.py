@@ -112,7 +112,39 @@ def test_find_input_files_is_recursive_and_sorted(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "2.dcm").write_bytes(b"x")
     (tmp_path / "1.dcm").write_bytes(b"x")
-    assert [p.relative_to(tmp_path).as_posix() for p in find_input_files(tmp_path)] == ["1.dcm", "b/2.dcm"]
+    files, left_out = find_input_files(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in files] == ["1.dcm", "b/2.dcm"] and left_out == []
+
+
+def test_symbolic_links_out_of_the_input_folder_are_not_followed(tmp_path):
+    inside, outside = tmp_path / "in", tmp_path / "elsewhere"
+    (inside / "sub").mkdir(parents=True)
+    (outside / "deep").mkdir(parents=True)
+    (outside / "secret.dcm").write_bytes(b"x")
+    (outside / "deep" / "more.dcm").write_bytes(b"x")
+    (inside / "sub" / "own.dcm").write_bytes(b"x")
+    (inside / "link_out.dcm").symlink_to(outside / "secret.dcm")
+    (inside / "folder_out").symlink_to(outside / "deep", target_is_directory=True)
+    (inside / "link_in.dcm").symlink_to(inside / "sub" / "own.dcm")
+    files, left_out = find_input_files(inside)
+    assert [p.relative_to(inside).as_posix() for p in files] == ["link_in.dcm", "sub/own.dcm"]
+    assert [p.name for p, _ in left_out] == ["folder_out", "link_out.dcm"]
+    assert all("outside the input folder" in reason and str(outside) in reason for _, reason in left_out)
+
+
+def test_an_oversized_image_is_refused_from_its_header_before_pixel_data_is_read(tmp_path, DICOM, monkeypatch):
+    import operators.lib.dicom_input as dicom_input
+
+    ds = pydicom.dcmread(sorted((DICOM / "rsna").glob("*.dcm"))[0])
+    ds.Rows = 9000
+    path = tmp_path / "huge.dcm"
+    ds.save_as(path)
+    reads = []
+    real = pydicom.dcmread
+    monkeypatch.setattr(dicom_input.pydicom, "dcmread", lambda *a, **k: reads.append(k.get("stop_before_pixels", False)) or real(*a, **k))
+    with pytest.raises(InputRejected, match="9000×1024 px; the largest accepted side is 8192"):
+        load_cxr(path, "x")
+    assert reads == [True]  # the header only
 
 
 @pytest.mark.parametrize("syntax_name", ["JPEGLSLossless", "RLELossless", "JPEG2000Lossless"])
