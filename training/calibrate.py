@@ -50,11 +50,19 @@ GRID = np.round(np.arange(0.0, 1.0, 0.01), 2)
 
 
 def map_loglosses(pred: Predictions) -> dict[str, float]:
+    """Each map's mean class-balanced log-loss over labelled images; a map whose loss is not finite
+    (a broken model that outputs NaN) is left out with a warning, so the Weighted blend falls back to
+    equal weights instead of the pack failing to load."""
     labelled = np.nonzero(pred.labels >= 0)[0]
+    maps = {name: pred.expert_maps[:, k] for k, name in enumerate(pred.expert_names)}
+    maps[pred.refinement_name] = pred.refined
     out = {}
-    for k, name in enumerate(pred.expert_names):
-        out[name] = float(np.mean([class_balanced_logloss(pred.expert_maps[i, k].astype(np.float32), pred.masks[i]) for i in labelled]))
-    out[pred.refinement_name] = float(np.mean([class_balanced_logloss(pred.refined[i].astype(np.float32), pred.masks[i]) for i in labelled]))
+    for name, stack in maps.items():
+        loss = float(np.mean([class_balanced_logloss(stack[i].astype(np.float32), pred.masks[i]) for i in labelled]))
+        if np.isfinite(loss):
+            out[name] = loss
+        else:
+            logger.warning("%s: its maps give a non-finite log-loss (NaN outputs?); no Weighted-blend weight is stored", name)
     return out
 
 

@@ -72,6 +72,17 @@ def portable_command(command: str, data: str | None, runs: Path) -> str:
     return command
 
 
+def exported_input_size(folder: Path, architecture: Architecture) -> int | None:
+    """The input size the exported model itself declares (nnU-Net: its plans' patch; ours: config.json)."""
+    if architecture is Architecture.NNUNET_2D:
+        return int(json.loads((folder / "plans.json").read_text())["configurations"]["2d"]["patch_size"][0])
+    config = folder / "config.json"
+    if config.is_file():
+        size = json.loads(config.read_text()).get("input_size_px")
+        return int(size) if size else None
+    return None
+
+
 def assemble(exports: Path, runs: Path, out: Path, spec: list[dict], pack_name: str = "reference-covid-qu-ex") -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,8 +99,9 @@ def assemble(exports: Path, runs: Path, out: Path, spec: list[dict], pack_name: 
             files[relative] = sha256_of(target / relative)
         summary = _summary(runs, name)
         provenance = f"{entry['note']} Data: {DATA_NOTE}. Command: {summary.get('command', 'see MODEL_CARD.md')}."
+        size = exported_input_size(target, architecture) or entry["input_size_px"]
         models[name] = {"role": entry["role"], "architecture": architecture.value, "format": FORMATS[architecture].name,
-                        "input_size_px": entry["input_size_px"], "version": "1.0.0-reference", "provenance": provenance,
+                        "input_size_px": size, "version": "1.0.0-reference", "provenance": provenance,
                         "files": files, "options": entry["options"]}
     manifest = {"schema_version": SCHEMA_VERSION,
                 "pack": {"name": pack_name, "meaningful": True,
