@@ -40,8 +40,7 @@ class OpacityGateOperator(Operator):
         def work() -> GateDecision:
             same_case(classifier, *experts)
             outcome = gate([classifier.score] + [e.score for e in experts], self._threshold)
-            logger.info("%s: mean opacity score %.3f vs %.3f → %s", classifier.case.case_id, outcome.mean_score, outcome.threshold,
-                        "positive" if outcome.positive else "negative")
+            logger.info("%s: mean opacity score %.3f vs %.3f → positive: %s", classifier.case.case_id, outcome.mean_score, outcome.threshold, outcome.positive)
             return GateDecision(classifier.case, classifier, experts, outcome.mean_score, outcome.threshold, outcome.positive)
 
         return run_step("gate", classifier.case, work)

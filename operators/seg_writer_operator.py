@@ -82,6 +82,5 @@ class SegWriterOperator(Operator):
             logger.exception("Writing results for %s failed", case.path)
             self._ledger.record(case.path, Outcome.FAILED, f"{case.path}: writing results failed ({type(exc).__name__}: {exc}).", case.case_id)
             return
-        logger.info("Wrote %s → %s (%s, max p %.2f)", case.path, self._output / case.case_id,
-                    "positive" if item.gate.positive else "negative", float(item.prob_map.max()))
+        logger.info("Wrote %s → %s (positive: %s, max p %.2f)", case.path, self._output / case.case_id, item.gate.positive, item.prob_map.max())
         self._ledger.record(case.path, Outcome.PROCESSED, None, case.case_id, outputs)

@@ -16,7 +16,7 @@ from app.presets import PRESETS, get_preset
 from operators.blend_operator import BlendOperator
 from operators.lib.calibration import Calibration, ScoreCalibration, ScoreFeature, resolve
 from operators.lib.dicom_input import CxrImage
-from operators.lib.results import ClassifierResult, ExpertResult, GateDecision, LungResult, RefinementResult, StepFailure
+from operators.lib.results import ClassifierResult, ExpertResult, FinalResult, GateDecision, LungResult, RefinementResult, StepFailure
 from operators.opacity_classifier_operator import OpacityClassifierOperator
 from operators.opacity_gate_operator import OpacityGateOperator
 from operators.refinement_operator import RefinementOperator
@@ -213,3 +213,65 @@ def test_a_failure_upstream_passes_through_every_step(fragment):
     failure = StepFailure(case(), "expert:fpn", "boom")
     operator = OpacityGateOperator(fragment, threshold=GATE_THRESHOLD, name="gate_failure")
     assert operator.decide(failure, []) is failure
+
+
+class Ports:
+    """The op_input / op_output a graph hands ``compute``: named inputs in, named outputs recorded."""
+
+    def __init__(self, **items):
+        self.items, self.emitted = items, {}
+
+    def receive(self, name):
+        return self.items[name]
+
+    def emit(self, value, name):
+        self.emitted[name] = value
+
+
+def test_operators_compute_receive_and_emit_on_their_named_ports(fragment):
+    cxr = case()
+    maps = vote_maps()
+    gate_ports = Ports(classifier_result=ClassifierResult(cxr, "clf", 0.9, 0.0),
+                       **{f"expert_{k}": ExpertResult(cxr, name, maps[name], 0.8, 0.0) for k, name in enumerate(EXPERTS, start=1)})
+    OpacityGateOperator(fragment, threshold=GATE_THRESHOLD, name="gate_c").compute(gate_ports, gate_ports, None)
+    decision = gate_ports.emitted["gate"]
+    assert isinstance(decision, GateDecision) and decision.positive and [e.model_name for e in decision.experts] == list(EXPERTS)
+    refine_ports = Ports(gate=decision)
+    RefinementOperator(fragment, model=_Model(REFINE, 32), preset=get_preset("zones"), name="refine_c").compute(refine_ports, refine_ports, None)
+    refinement = refine_ports.emitted["refinement"]
+    assert isinstance(refinement, RefinementResult) and refinement.prob_map is not None
+    blend_ports = Ports(refinement=refinement, lung_result=LungResult(cxr, "lung", lung_mask(), 0.0))
+    BlendOperator(fragment, settings=settings_for("zones"), name="blend_c").compute(blend_ports, blend_ports, None)
+    final = blend_ports.emitted["final"]
+    assert isinstance(final, FinalResult) and final.prob_map.shape == (H, W) and final.refinement is refinement
+
+
+def test_a_failing_step_emits_a_failure_that_every_later_step_passes_on(fragment):
+    cxr = case()
+    broken = _Model("fpn", 40)
+    broken.predict_square = lambda square: (_ for _ in ()).throw(RuntimeError("model crash"))
+    expert_ports = Ports(cxr=cxr)
+    SegmentationExpertOperator(fragment, model=broken, score=ScoreCalibration(), name="expert_f").compute(expert_ports, expert_ports, None)
+    failure = expert_ports.emitted["expert_result"]
+    assert isinstance(failure, StepFailure) and failure.step == "expert:fpn" and "RuntimeError: model crash" in failure.message
+    gate_ports = Ports(classifier_result=ClassifierResult(cxr, "clf", 0.9, 0.0), expert_1=failure,
+                       expert_2=ExpertResult(cxr, "b", np.zeros((H, W), np.float32), 0.1, 0.0),
+                       expert_3=ExpertResult(cxr, "c", np.zeros((H, W), np.float32), 0.1, 0.0))
+    OpacityGateOperator(fragment, threshold=GATE_THRESHOLD, name="gate_f").compute(gate_ports, gate_ports, None)
+    assert gate_ports.emitted["gate"] is failure
+    refine_ports = Ports(gate=failure)
+    RefinementOperator(fragment, model=_Model(REFINE, 32), preset=get_preset("zones"), name="refine_f").compute(refine_ports, refine_ports, None)
+    assert refine_ports.emitted["refinement"] is failure
+    blend_ports = Ports(refinement=failure, lung_result=LungResult(cxr, "lung", lung_mask(), 0.0))
+    BlendOperator(fragment, settings=settings_for("zones"), name="blend_f").compute(blend_ports, blend_ports, None)
+    assert blend_ports.emitted["final"] is failure
+
+
+def test_steps_of_different_images_are_refused_as_a_wiring_bug(fragment):
+    other = CxrImage("9.9.9", Path("y.dcm"), pydicom.Dataset(), np.zeros((H, W), np.float32))
+    gate = gate_decision(True)
+    refinement = RefinementResult(gate, REFINE, vote_maps()[REFINE], (), 0.0)
+    ports = Ports(refinement=refinement, lung_result=LungResult(other, "lung", lung_mask(), 0.0))
+    BlendOperator(fragment, settings=settings_for("zones"), name="blend_w").compute(ports, ports, None)
+    failure = ports.emitted["final"]
+    assert isinstance(failure, StepFailure) and failure.step == "blend" and "different images" in failure.message

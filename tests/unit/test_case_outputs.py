@@ -1,0 +1,229 @@
+"""The writer in process: one case's outputs written by the operator the graph calls, checked against each
+other and against the case; publishing, tidying and naming as pure functions."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from monai.deploy.core import Fragment
+from pydicom.sr.codedict import codes
+
+from operators.lib.case_naming import case_folder_name, is_valid_uid
+from operators.lib.case_outputs import PROCESSED_FILES, caption
+from operators.lib.dicom_input import load_cxr
+from operators.lib.publish import clean_stale_staging, publish_folder, staging_folder
+from operators.lib.results import ClassifierResult, ExpertResult, FinalResult, GateDecision, LungResult, RefinementResult, StepFailure
+from operators.lib.run_report import Outcome, RunLedger
+from operators.lib.seg_output import AlgorithmInfo
+from operators.seg_writer_operator import SegWriterOperator
+
+ALGORITHM = AlgorithmInfo("cxr-lung-opacity", "9.9.9", "zones")
+MODELS = {"m": {"version": "1"}}
+
+
+@pytest.fixture(scope="module")
+def fragment() -> Fragment:
+    return Fragment()
+
+
+@pytest.fixture(scope="module")
+def cxr(dicom_dir):
+    return load_cxr(sorted((dicom_dir / "rsna").glob("*.dcm"))[2], "1.2.3.4.5")
+
+
+def final_result(cxr, positive: bool) -> FinalResult:
+    rows, cols = cxr.shape
+    prob = np.full((rows, cols), 0.05, np.float32)
+    lung = np.zeros((rows, cols), bool)
+    lung[200:800, 150:450] = lung[200:800, 574:874] = True
+    prob[lung] = 0.3
+    if positive:
+        prob[300:500, 200:400] = 0.62
+        prob[350:450, 250:350] = 0.93
+        prob[600:700, 600:700] = 0.81
+        prob[20:30, 20:30] = 0.7  # a tiny region outside the lungs: too small for the SR
+    classifier = ClassifierResult(cxr, "clf", 0.8 if positive else 0.2, 0.01)
+    experts = tuple(ExpertResult(cxr, f"e{k}", prob, 0.7 if positive else 0.1, 0.01) for k in range(3))
+    mean = float(np.mean([classifier.score] + [e.score for e in experts]))
+    gate = GateDecision(cxr, classifier, experts, mean, 0.41, positive)
+    refinement = RefinementResult(gate, "refine", prob if positive else None, ((300, 200, 500, 400),) if positive else (), 0.02)
+    return FinalResult(refinement, LungResult(cxr, "lung", lung, 0.01), prob, prob >= 0.5, "zones", {}, 0.01)
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["positive", "negative"])
+def written(request, fragment, cxr, tmp_path_factory):
+    output = tmp_path_factory.mktemp("writer") / "out"
+    ledger = RunLedger()
+    writer = SegWriterOperator(fragment, output_folder=output, ledger=ledger, algorithm=ALGORITHM, model_versions=MODELS,
+                               name=f"writer_{request.param}")
+    final = final_result(cxr, request.param)
+    outputs = writer.write(final)
+    return final, output / cxr.case_id, outputs
+
+
+def test_every_file_is_published_and_listed(written):
+    final, folder, outputs = written
+    assert sorted(p.name for p in folder.iterdir()) == sorted(PROCESSED_FILES)
+    assert [Path(p) for p in outputs] == [folder / name for name in PROCESSED_FILES]
+    report = json.loads((folder / "result.json").read_text())
+    assert report["outputs"] == outputs and report["status"] == "processed"
+    assert report["gate"]["decision"] == ("positive" if final.gate.positive else "negative")
+    assert report["gate"]["threshold"] == 0.41 and report["gate"]["mean_score"] == pytest.approx(final.gate.mean_score, abs=1e-6)
+    assert report["refined_boxes"] == [list(b) for b in final.refinement.boxes]
+    assert report["final"]["opacity_fraction"] == pytest.approx(final.opacity_mask.mean(), abs=1e-6)
+    assert report["final"]["lung_fraction"] == pytest.approx(final.lung.mask.mean(), abs=1e-6)
+    assert report["models"] == MODELS and report["preset"] == "zones"
+
+
+def test_segs_hold_the_final_map_the_mask_and_the_lungs(written):
+    final, folder, _ = written
+    uid = final.case.dataset.SOPInstanceUID
+    probability = hd.seg.segread(folder / "seg_probability.dcm")
+    stored = probability.get_pixels_by_source_instance([uid], segment_numbers=[1], rescale_fractional=False)[0][..., 0]
+    np.testing.assert_array_equal(stored, np.round(final.prob_map * 255).astype(stored.dtype))
+    binary = hd.seg.segread(folder / "seg_binary.dcm")
+    both = binary.get_pixels_by_source_instance([uid], segment_numbers=[1, 2])[0]
+    assert [binary.get_segment_description(n).segment_label for n in (1, 2)] == ["Opacity", "Lung"]
+    np.testing.assert_array_equal(both[..., 0].astype(bool), final.opacity_mask)
+    np.testing.assert_array_equal(both[..., 1].astype(bool), final.lung.mask)
+    bands = hd.seg.segread(folder / "seg_bands.dcm").get_pixels_by_source_instance([uid], segment_numbers=[1, 2, 3])[0].astype(bool)
+    np.testing.assert_array_equal(bands[..., 2], final.prob_map >= 0.9)
+    np.testing.assert_array_equal(bands[..., 0], (final.prob_map >= 0.5) & (final.prob_map < 0.75))
+
+
+def test_sr_and_sc_say_what_the_gate_said(written):
+    final, folder, _ = written
+    gate = final.gate
+    sr = hd.sr.srread(folder / "sr_opacity.dcm")
+    groups = sr.content.get_planar_roi_measurement_groups()
+    score = groups[0]
+    assert score.get_measurements(name=codes.DCM.Probability)[0].value == pytest.approx(gate.mean_score, abs=1e-6)
+    decision = score.get_qualitative_evaluations(name=codes.DCM.Opacity)[0].value
+    assert decision.value == (codes.SCT.Present if gate.positive else codes.SCT.Absent).value
+    regions = groups[1:]
+    assert len(regions) == (2 if gate.positive else 0)  # the 10×10 region is below the minimum area
+    assert sr.SeriesInstanceUID != pydicom.dcmread(folder / "seg_binary.dcm", stop_before_pixels=True).SeriesInstanceUID
+    sc = pydicom.dcmread(folder / "sc_heatmap.dcm", stop_before_pixels=True)
+    assert sc.DerivationDescription.endswith(caption(gate.mean_score, gate.positive, gate.threshold, "zones"))
+
+
+def test_result_uids_come_from_the_case(written, fragment, cxr, tmp_path):
+    final, folder, _ = written
+    again = SegWriterOperator(fragment, output_folder=tmp_path, ledger=RunLedger(), algorithm=ALGORITHM, model_versions=MODELS,
+                              name="writer_again")
+    again.write(final)
+    for name in PROCESSED_FILES:
+        if name.endswith(".dcm"):
+            first = pydicom.dcmread(folder / name, stop_before_pixels=True)
+            second = pydicom.dcmread(tmp_path / cxr.case_id / name, stop_before_pixels=True)
+            assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (second.SeriesInstanceUID, second.SOPInstanceUID)
+
+
+def test_caption_by_hand():
+    assert caption(0.624, True, 0.5, "zones") == "opacity score 0.62 (positive, threshold 0.50), preset zones"
+    assert caption(0.1, False, 0.37, "weighted") == "opacity score 0.10 (negative, threshold 0.37), preset weighted"
+
+
+class _Port:
+    """The writer's op_input: one named input, ``final``."""
+
+    def __init__(self, item):
+        self.item = item
+
+    def receive(self, name):
+        assert name == "final", name
+        return self.item
+
+
+def test_writer_records_processed_and_failed_cases_in_the_ledger(fragment, cxr, tmp_path):
+    ledger = RunLedger()
+    writer = SegWriterOperator(fragment, output_folder=tmp_path, ledger=ledger, algorithm=ALGORITHM, model_versions=MODELS, name="w3")
+    writer.compute(_Port(final_result(cxr, True)), None, None)
+    other = load_cxr(cxr.path, "1.2.3.4.6")
+    writer.compute(_Port(StepFailure(other, "expert:e1", "boom")), None, None)
+    (processed,) = [r for r in ledger.records if r.outcome is Outcome.PROCESSED]
+    (failed,) = [r for r in ledger.records if r.outcome is Outcome.FAILED]
+    assert processed.case_id == cxr.case_id and len(processed.outputs) == len(PROCESSED_FILES)
+    assert processed.path == str(cxr.path) and processed.reason is None
+    assert failed.case_id == "1.2.3.4.6" and failed.path == str(other.path)
+    assert failed.reason == f"{other.path}: step expert:e1 failed: boom"
+    assert failed.outputs == [str(tmp_path / "1.2.3.4.6" / "result.json")]
+    report = json.loads((tmp_path / "1.2.3.4.6" / "result.json").read_text())
+    assert report["status"] == "failed" and report["failed_step"] == "expert:e1"
+    assert sorted(p.name for p in (tmp_path / "1.2.3.4.6").iterdir()) == ["result.json"]
+
+
+def test_a_write_failure_fails_the_case_and_leaves_nothing(fragment, cxr, tmp_path, monkeypatch):
+    import operators.lib.case_outputs as case_outputs
+
+    ledger = RunLedger()
+    writer = SegWriterOperator(fragment, output_folder=tmp_path, ledger=ledger, algorithm=ALGORITHM, model_versions=MODELS, name="w4")
+    monkeypatch.setattr(case_outputs, "write_png_atomically", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    writer.compute(_Port(final_result(cxr, True)), None, None)
+    (record,) = ledger.records
+    assert record.outcome is Outcome.FAILED and record.path == str(cxr.path) and record.case_id == cxr.case_id
+    assert record.reason == f"{cxr.path}: writing results failed (OSError: [Errno 28] No space left on device)."
+    assert list(tmp_path.iterdir()) == []  # the staging folder is gone, nothing published
+
+
+def test_a_failure_whose_report_cannot_be_written_is_still_counted(fragment, cxr, tmp_path, monkeypatch):
+    import operators.lib.case_outputs as case_outputs
+
+    ledger = RunLedger()
+    writer = SegWriterOperator(fragment, output_folder=tmp_path, ledger=ledger, algorithm=ALGORITHM, model_versions=MODELS, name="w5")
+    monkeypatch.setattr(case_outputs, "write_json_atomically", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    writer.compute(_Port(StepFailure(cxr, "lung:x", "bad")), None, None)
+    (record,) = ledger.records
+    assert record.outcome is Outcome.FAILED and record.outputs == [] and record.path == str(cxr.path)
+    assert record.reason == (f"{cxr.path}: step lung:x failed: bad (and its result.json could not be written: "
+                             "OSError: [Errno 28] No space left on device)")
+
+
+def test_publish_replaces_a_result_whole(tmp_path):
+    (tmp_path / "case").mkdir()
+    (tmp_path / "case" / "old.txt").write_text("old")
+    staging = staging_folder(tmp_path, "case")
+    assert staging.name.startswith(".case.") and staging.name.endswith(".partial") and (staging.stat().st_mode & 0o777) == 0o755
+    (staging / "new.txt").write_text("new")
+    publish_folder(staging, tmp_path / "case")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case"]
+    assert sorted(p.name for p in (tmp_path / "case").iterdir()) == ["new.txt"]
+
+
+def test_clean_up_touches_only_what_dead_runs_left(tmp_path):
+    dead = 2**22 + 12345  # above pid_max: no such process
+    (tmp_path / f".a.{dead}.x1.partial").mkdir()
+    (tmp_path / f".b.{os.getpid() + 0}.x2.partial").mkdir()  # our own pid: an earlier life (container restart)
+    (tmp_path / f".summary.json.{dead}.x3.tmp").write_text("")
+    (tmp_path / f".c.old-{dead}").mkdir()  # a complete result caught between the two renames, c missing
+    (tmp_path / f".d.old-{dead}").mkdir()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "visible").mkdir()
+    (tmp_path / ".not-ours").mkdir()
+    done = clean_stale_staging(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".not-ours", "c", "d", "visible"]
+    assert len(done) == 5 and any("restored c" in line for line in done)
+
+
+@pytest.mark.parametrize("value, valid", [("1.2.840.10008.5.1.4.1.1.1", True), ("0.1", True), (".", False), ("..", False),
+                                          ("1.02", False), ("1..2", False), ("1.2.", False), ("summary.json", False),
+                                          ("1." + "2" * 63, False), ("1." + "2" * 62, True), ("", False)])
+def test_valid_uids(value, valid):
+    assert is_valid_uid(value) is valid
+
+
+def test_case_folder_names_are_safe_and_unique(tmp_path):
+    taken: dict[str, Path] = {}
+    assert case_folder_name("1.2.3", tmp_path / "a.dcm", taken) == ("1.2.3", None)
+    name, warning = case_folder_name("1.2.3", tmp_path / "b.dcm", taken)
+    assert name == "1.2.3_2" and "shared with" in warning and "a.dcm" in warning
+    name, warning = case_folder_name(".x.partial", tmp_path / "c.dcm", taken)
+    assert name.startswith("case-") and len(name) == 17 and "not a valid UID" in warning
+    assert case_folder_name(".x.partial", tmp_path / "c.dcm", taken)[0] == name + "_2"
+    assert set(taken) == {"1.2.3", "1.2.3_2", name, name + "_2"}
