@@ -3,24 +3,28 @@ OHIF loads it (every measurement group has image coordinates) and dcmqi's ``tid1
 
 What a reading workstation or a downstream system gets, without decoding any pixels:
 
-* one planar ROI group (TID 1410, tracking id "Lung opacity score"): the study's opacity score as a
+* one measurement group (TID 1501, tracking id "Lung opacity score"): the study's opacity score as a
   measurement (DCM 122157 "Probability", unit UCUM ``1``) and the gate decision as a qualitative
-  evaluation (DCM 112001 "Opacity" = SCT "Present" / "Absent"), finding site SCT "Lung", drawn as the
-  bounding rectangle of the lung fields (the whole image when no lung was found);
-* one planar ROI group per opacity region (TID 1410, "Lung opacity region N"; at most
+  evaluation (DCM 112001 "Opacity" = SCT "Present" / "Absent"), finding site SCT "Lung"; the score is
+  INFERRED FROM the bounding rectangle of the lung fields (the whole image when no lung was found);
+* one measurement group per opacity region (TID 1501, "Lung opacity region N"; at most
   :data:`SR_MAX_REGIONS`, largest first, none smaller than :data:`MIN_REGION_FRACTION` of the image):
-  the region's bounding rectangle, its mean probability, Opacity Present, and as finding site what it
-  overlaps — SCT "Lung" when at least :data:`MIN_LUNG_OVERLAP` of it lies in the lung mask, else SCT
-  "Thoracic structure";
+  its mean probability INFERRED FROM the region's bounding rectangle, Opacity Present, and as finding
+  site what it overlaps — SCT "Lung" when at least :data:`MIN_LUNG_OVERLAP` of it lies in the lung
+  mask, else SCT "Thoracic structure";
 * rectangles are 2D image coordinates on the source image (SCOORD POLYLINE, closed, through the pixel
-  edges: (0, 0) is the top-left corner of the top-left pixel, points are (column, row));
+  edges: (0, 0) is the top-left corner of the top-left pixel, points are (column, row)), SELECTED FROM
+  the source image;
 * in every group, the algorithm identification (TID 4019: name, version, parameters ``preset=…`` and
   ``gate_threshold=…``); the whole report is observed by a device named after the algorithm; the
   BINARY SEG (and the source image) are listed as evidence.
 
-Why not a group without coordinates for the score, or one referencing the SEG's segment (the first
-version did both): OHIF 3.13 cannot "rehydrate" such groups and its SR viewport then fails on the
-missing image reference. The SEG is still referenced, as evidence.
+Why TID 1501 with the rectangle inside the measurement, not TID 1410 with an Image Region beside it
+(the previous version), nor a group without coordinates (the first): OHIF 3.13 tracks ("rehydrates") an
+SR's measurements with dcmjs, which looks for the SCOORD inside a group's NUM item whenever the group
+has one — the shape OHIF itself writes. With TID 1410 the rectangles disappeared as soon as the user
+said "Yes" to tracking; without coordinates its SR viewport failed on the missing image reference.
+The SEG is still referenced, as evidence.
 
 The document is COMPLETE, UNVERIFIED and PRELIMINARY (an algorithm's output, signed by nobody); its
 series description says "NOT FOR CLINICAL USE". Patient and study attributes follow the copy rules of
@@ -56,6 +60,9 @@ SCORE_UNIT: Code = codes.UCUM.NoUnits
 #: Decision values of the qualitative evaluation named :data:`OPACITY_CODE`.
 PRESENT_CODE: Code = codes.SCT.Present
 ABSENT_CODE: Code = codes.SCT.Absent
+#: Concept name of each rectangle (DCM 111030 "Image Region"): with a closed 5-point POLYLINE, what OHIF
+#: maps to its rectangle tool when it tracks the report's measurements.
+RECTANGLE_PURPOSE: Code = codes.DCM.ImageRegion
 #: Tracking identifiers of the groups (LO, at most 64 characters).
 SCORE_TRACKING_ID = "Lung opacity score"
 REGION_TRACKING_ID = "Lung opacity region {n}"
@@ -148,19 +155,37 @@ def _check_seg(source: pydicom.Dataset, seg: hd.seg.Segmentation) -> None:
         raise ValueError(f"seg does not reference the source image {source.SOPInstanceUID}.")
 
 
-def _rectangle(box: Box, source: pydicom.Dataset, what: str) -> hd.sr.ImageRegion:
+def _rectangle(box: Box, source: pydicom.Dataset, what: str) -> hd.sr.CoordinatesForMeasurement:
     """A closed POLYLINE through the pixel edges of ``box`` on the source image."""
     top, left, bottom, right = box.top, box.left, box.bottom, box.right
     rows, cols = int(source.Rows), int(source.Columns)
     if not (0 <= top < bottom <= rows and 0 <= left < right <= cols):
         raise ValueError(f"{what} {(top, left, bottom, right)} (top, left, bottom, right) is empty or outside the {rows}×{cols} image.")
     corners = np.array([[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=np.float32)
-    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
-                             source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID))
+    return hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
+                                           source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
+                                           purpose=RECTANGLE_PURPOSE)
 
 
-def _probability(value: float, algorithm_id: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=SCORE_CODE, value=float(value), unit=SCORE_UNIT, algorithm_id=algorithm_id)
+def _probability(value: float, algorithm_id: hd.sr.AlgorithmIdentification,
+                 rectangle: hd.sr.CoordinatesForMeasurement) -> hd.sr.Measurement:
+    """The probability measurement (TID 300), INFERRED FROM its rectangle."""
+    return hd.sr.Measurement(name=SCORE_CODE, value=float(value), unit=SCORE_UNIT, algorithm_id=algorithm_id,
+                             referenced_coordinates=[rectangle])
+
+
+def _group(tracking_id: str, rectangle: hd.sr.CoordinatesForMeasurement, probability: float, opacity: Code, site: Code,
+           algorithm_id: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """One TID 1501 group: the probability on ``rectangle``, the opacity evaluation, the finding site."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=tracking_id),
+        finding_type=OPACITY_CODE,
+        finding_category=OPACITY_CATEGORY_CODE,
+        finding_sites=[hd.sr.FindingSite(site)],
+        algorithm_id=algorithm_id,
+        measurements=[_probability(probability, algorithm_id, rectangle)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(OPACITY_CODE, opacity)],
+    )
 
 
 def _check_unit_interval(name: str, value: float) -> None:
@@ -223,29 +248,14 @@ def build_opacity_sr(
     opacity_segment_number(seg)
     algorithm_id = _algorithm_id(algorithm, float(threshold))
     lungs = lungs or Box(0, 0, int(source.Rows), int(source.Columns))
-    score_group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=SCORE_TRACKING_ID),
-        referenced_region=_rectangle(lungs, source, "The lung box"),
-        finding_type=OPACITY_CODE,
-        finding_category=OPACITY_CATEGORY_CODE,
-        finding_sites=[hd.sr.FindingSite(LUNG_CODE)],
-        algorithm_id=algorithm_id,
-        measurements=[_probability(opacity_score, algorithm_id)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(OPACITY_CODE, PRESENT_CODE if positive else ABSENT_CODE)],
-    )
+    score_group = _group(SCORE_TRACKING_ID, _rectangle(lungs, source, "The lung box"), opacity_score,
+                         PRESENT_CODE if positive else ABSENT_CODE, LUNG_CODE, algorithm_id)
     region_groups = []
     for n, region in enumerate(regions, start=1):
         _check_unit_interval(f"region {n} mean probability", region.mean_probability)
-        region_groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=REGION_TRACKING_ID.format(n=n)),
-            referenced_region=_rectangle(region.box, source, f"Region {n}"),
-            finding_type=OPACITY_CODE,
-            finding_category=OPACITY_CATEGORY_CODE,
-            finding_sites=[hd.sr.FindingSite(LUNG_CODE if region.in_lung else OUTSIDE_LUNG_CODE)],
-            algorithm_id=algorithm_id,
-            measurements=[_probability(region.mean_probability, algorithm_id)],
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(OPACITY_CODE, PRESENT_CODE)],
-        ))
+        region_groups.append(_group(REGION_TRACKING_ID.format(n=n), _rectangle(region.box, source, f"Region {n}"),
+                                    region.mean_probability, PRESENT_CODE, LUNG_CODE if region.in_lung else OUTSIDE_LUNG_CODE,
+                                    algorithm_id))
     report = hd.sr.MeasurementReport(
         observation_context=_device_observer(algorithm),
         procedure_reported=PROCEDURE_CODE,

@@ -119,6 +119,9 @@ def test_an_oversized_data_set_is_cut_off_not_stored(tmp_path, nih):
         assert assoc.is_established
         status = assoc.send_c_store(_big_dataset(nih, 16))
         assert not status or getattr(status, "Status", None) != 0x0000
+        deadline = time.monotonic() + 10  # the requestor's thread learns of the abort a moment later
+        while assoc.is_established and not assoc.is_aborted and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert assoc.is_aborted or not assoc.is_established
         small = associate(port)  # and the listener still serves
         assert small.send_c_store(nih).Status == 0x0000

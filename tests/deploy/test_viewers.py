@@ -37,7 +37,7 @@ VIEWS = {
     "binary": ("Opacity mask", ("Opacity", "Lung"), "panelSegmentation"),
     "bands": ("Opacity probability bands", ("Opacity p 0.50-0.75", "Opacity p 0.75-0.90", "Opacity p &gt;= 0.90"), "panelSegmentation"),
     "probability": ("Opacity probability [", (), None),
-    "report": ("Opacity report", ("Probability",), None),
+    "report": ("Opacity report", ("Probability: ",), None),
     "heatmap": ("Opacity heat map", (), None),
 }
 
@@ -102,6 +102,11 @@ def test_ohif_shows_every_output(viewer, cases, case_name, view):
     assert not severe, f"{page['screenshot']}: {severe}"
     for text in expected:
         assert text in page["source"], f"{text!r} missing; {page['screenshot']}"
+    if view == "report":  # every measurement group is drawn with its probability (TID 1501, rectangle in the NUM)
+        groups = hd.sr.srread(cases[case_name].folder / "sr_opacity.dcm").content.get_image_measurement_groups()
+        shown = [line for line in page["text"].splitlines() if line.startswith("Probability: ")]
+        values = sorted(f"Probability: {g.get_measurements()[0].value:.2f} 1" for g in groups)
+        assert sorted(shown) == values, (shown, values, page["screenshot"])
 
 
 @pytest.mark.parametrize("view", sorted(VIEWS))

@@ -172,7 +172,7 @@ def test_sr_and_sc_carry_the_gate_of_result_json(preset_run):
         gate = result["gate"]
         positive = gate["decision"] == "positive"
         sr = hd.sr.srread(folder / "sr_opacity.dcm")
-        score_group = sr.content.get_planar_roi_measurement_groups()[0]
+        score_group = sr.content.get_image_measurement_groups()[0]
         assert score_group.tracking_identifier == "Lung opacity score"
         assert score_group.get_measurements(name=codes.DCM.Probability)[0].value == pytest.approx(gate["mean_score"], abs=1e-6)
         decision = score_group.get_qualitative_evaluations(name=codes.DCM.Opacity)[0].value

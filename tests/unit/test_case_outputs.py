@@ -101,7 +101,7 @@ def test_sr_and_sc_say_what_the_gate_said(written):
     final, folder, _ = written
     gate = final.gate
     sr = hd.sr.srread(folder / "sr_opacity.dcm")
-    groups = sr.content.get_planar_roi_measurement_groups()
+    groups = sr.content.get_image_measurement_groups()
     score = groups[0]
     assert score.get_measurements(name=codes.DCM.Probability)[0].value == pytest.approx(gate.mean_score, abs=1e-6)
     decision = score.get_qualitative_evaluations(name=codes.DCM.Opacity)[0].value

@@ -85,6 +85,14 @@ def test_sr_header(built):
     assert "PatientAge" not in sr or sr.PatientAge != "51"
 
 
+def _coordinates(measurement) -> list:
+    """The SCOORDs a measurement is INFERRED FROM — where OHIF's SR tracking (dcmjs) looks for them."""
+    items = [item for item in measurement[0].ContentSequence if item.ValueType == "SCOORD"]
+    assert all(item.RelationshipType == "INFERRED FROM" for item in items)
+    assert all(hd.sr.CodedConcept.from_dataset(item.ConceptNameCodeSequence[0]) == codes.DCM.ImageRegion for item in items)
+    return measurement.referenced_coordinates
+
+
 def _rectangle(top, left, bottom, right):
     return [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]
 
@@ -94,12 +102,13 @@ def test_sr_reports_score_decision_and_algorithm_on_the_lungs(built):
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     procedure = hd.sr.utils.find_content_items(sr, name=codes.DCM.ProcedureReported)[0]
     assert hd.sr.CodedConcept.from_dataset(procedure.ConceptCodeSequence[0]) == PROCEDURE_CODE
-    assert sr.content.get_image_measurement_groups() == []  # every group has coordinates (OHIF needs them)
-    group = sr.content.get_planar_roi_measurement_groups()[0]
+    assert sr.content.get_planar_roi_measurement_groups() == []  # TID 1501 groups: coordinates in the measurement
+    group = sr.content.get_image_measurement_groups()[0]
     assert group.tracking_identifier == SCORE_TRACKING_ID
-    np.testing.assert_array_equal(group.roi.value, _rectangle(*LUNGS))
-    assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == built.source.SOPInstanceUID
     (measurement,) = group.get_measurements(name=SCORE_CODE)
+    (rectangle,) = _coordinates(measurement)
+    np.testing.assert_array_equal(rectangle.value, _rectangle(*LUNGS))
+    assert rectangle.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == built.source.SOPInstanceUID
     assert measurement.value == pytest.approx(0.62)
     assert measurement.unit.value == "1"
     (decision,) = group.get_qualitative_evaluations(name=OPACITY_CODE)
@@ -113,13 +122,14 @@ def test_sr_reports_score_decision_and_algorithm_on_the_lungs(built):
 
 def test_sr_region_groups_have_rectangle_probability_and_site(built):
     sr = hd.sr.srread(built.path)
-    _, region_group = sr.content.get_planar_roi_measurement_groups()
+    _, region_group = sr.content.get_image_measurement_groups()
     assert region_group.tracking_identifier == "Lung opacity region 1"
-    region = region_group.roi
+    (measurement,) = region_group.get_measurements(name=SCORE_CODE)
+    (region,) = _coordinates(measurement)
     assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
     np.testing.assert_array_equal(region.value, _rectangle(*BOX))
     assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == built.source.SOPInstanceUID
-    assert region_group.get_measurements(name=SCORE_CODE)[0].value == pytest.approx(0.71)
+    assert measurement.value == pytest.approx(0.71)
     assert [site.value.value for site in region_group.finding_sites] == [codes.SCT.Lung.value]
 
 
@@ -146,7 +156,7 @@ def test_region_outside_the_lungs_is_not_called_lung(dicom_dir, tmp_path):
     sr = build_opacity_sr(source, seg, 0.7, True, 0.5, ALGORITHM, regions=[Region(Box(0, 0, 40, 40), 0.9, False)])
     path = tmp_path / "sr.dcm"
     write_dicom_atomically(sr, path)
-    _, region_group = hd.sr.srread(path).content.get_planar_roi_measurement_groups()
+    _, region_group = hd.sr.srread(path).content.get_image_measurement_groups()
     assert [site.value.value for site in region_group.finding_sites] == [OUTSIDE_LUNG_CODE.value]
 
 
@@ -157,9 +167,10 @@ def test_negative_study_against_probability_seg(dicom_dir, tmp_path, dciodvfy_er
     path = tmp_path / "sr.dcm"
     write_dicom_atomically(sr, path)
     assert not dciodvfy_errors(path)
-    (group,) = hd.sr.srread(path).content.get_planar_roi_measurement_groups()  # the score alone, on the whole image
+    (group,) = hd.sr.srread(path).content.get_image_measurement_groups()  # the score alone, on the whole image
     assert group.get_qualitative_evaluations(name=OPACITY_CODE)[0].value == codes.SCT.Absent
-    np.testing.assert_array_equal(group.roi.value, _rectangle(0, 0, int(source.Rows), int(source.Columns)))
+    (rectangle,) = _coordinates(group.get_measurements(name=SCORE_CODE)[0])
+    np.testing.assert_array_equal(rectangle.value, _rectangle(0, 0, int(source.Rows), int(source.Columns)))
 
 
 @pytest.mark.parametrize(
