@@ -50,6 +50,7 @@ def _summary(runs: Path, name: str) -> dict:
     summary = json.loads(path.read_text()) if path.is_file() else {}
     if "command" in summary:
         summary["command"] = portable_command(summary["command"], data=summary.get("data"), runs=runs)
+    summary["commands"] = [portable_command(c, data=summary.get("data"), runs=runs) for c in summary.get("commands", [])]
     return summary
 
 
@@ -172,8 +173,10 @@ def write_cards(models_dir: Path, runs: Path, metrics_path: Path | None, spec: l
                  f"| epochs | {summary.get('epochs', '–')} (best/exported: {summary.get('best_epoch', 'last')}) |",
                  f"| training time | {round(summary.get('train_seconds', 0) / 60, 1)} min |",
                  f"| initialisation | {summary.get('init', 'random')} |",
-                 "", "Re-train (same command again resumes from the run folder's checkpoint):", "",
-                 "```bash", summary.get("command", "(see docs/training.md)"), "```", ""]
+                 "", ("Re-train (these commands in order; each again resumes from the run folder's checkpoint):"
+                      if len(summary["commands"]) > 1 else "Re-train (same command again resumes from the run folder's checkpoint):"), "",
+                 "```bash", *(summary["commands"] if len(summary["commands"]) > 1 else [summary.get("command", "(see docs/training.md)")]),
+                 "```", ""]
         if summary.get("best_val"):
             lines += ["Validation during training (val split): `" + json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
                                                                             for k, v in summary["best_val"].items()}) + "`", ""]

@@ -259,14 +259,24 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         trainer_folder = train(paths, args.dataset_id, args.name, args.trainer, device, args.init).parent
     export_model_folder(trainer_folder, args.out, fp16=args.fp16)
+    summary_path = work / "training_summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    command = "python -m training.nnunet " + shlex.join(str(a) for a in (argv if argv is not None else sys.argv[1:]))
     summary = {"model": f"nnunet-2d ({args.trainer})", "size": args.size, "features": list(features), "device": str(device),
                "split": split_table(train_records + val_records), **training_log(trainer_folder),
                "iterations_per_epoch": args.iterations, "batch_size": args.batch_size,
-               "init": str(args.init) if args.init else "random",
-               "command": "python -m training.nnunet " + shlex.join(str(a) for a in (argv if argv is not None else sys.argv[1:]))}
-    (work / "training_summary.json").write_text(json.dumps(summary, indent=2))
+               # a continued run (more epochs, no --init) keeps where the first one started from, and every command
+               "init": str(args.init) if args.init else previous.get("init", "random"),
+               "command": command, "commands": continued_commands(previous, command)}
+    summary_path.write_text(json.dumps(summary, indent=2))
     logger.info("nnU-Net: wrote %s", args.out)
     return summary
+
+
+def continued_commands(previous: dict, command: str) -> list[str]:
+    """The commands that made a run folder, oldest first: ``previous`` summary's, then ``command`` (once)."""
+    commands = list(previous.get("commands") or ([previous["command"]] if previous.get("command") else []))
+    return commands if commands and commands[-1] == command else [*commands, command]
 
 
 if __name__ == "__main__":

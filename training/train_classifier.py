@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = write_training_summary(run_dir, state, {
         "model": "xrv-densenet121", "device": device_description(device), "split": split_table(train_records + val_records),
         "operating_point": {"youden_threshold_on_val": threshold, "bias_shift": shift, "maps_to_xrv_op_thresh": XRV_LUNG_OPACITY_THRESHOLD},
+        "init": str(args.init) if args.init else "random",
         "command": "python -m training.train_classifier " + shlex.join(str(a) for a in (argv if argv is not None else sys.argv[1:])),
     })
     logger.info("classifier: wrote %s (best epoch %d, val AUC %.4f)", args.out, state.best_epoch, state.best_metric)

@@ -37,3 +37,28 @@ def test_every_card_reports_the_blend_against_the_targets():
     text = "\n".join(pack_results_lines(metrics))
     assert "(target: lower than both: reached)" in text
     assert "Weighted 0.690 (target ≥ 0.7 for both: **not reached**)" in text
+
+
+def test_a_continued_run_keeps_its_first_command_and_initialisation():
+    from training.nnunet import continued_commands
+
+    first = "python -m training.nnunet --epochs 200 --init /old/pack/nnunet_2d_256"
+    second = "python -m training.nnunet --epochs 400"
+    assert continued_commands({}, first) == [first]
+    assert continued_commands({"command": first}, second) == [first, second]  # a summary from before the history
+    assert continued_commands({"commands": [first, second], "command": second}, second) == [first, second]  # rerun: once
+
+
+def test_a_card_lists_every_command_of_a_continued_run(tmp_path):
+    import json
+
+    from training.make_pack import _summary
+
+    runs = tmp_path / "runs"
+    (runs / "m").mkdir(parents=True)
+    (runs / "m" / "training_summary.json").write_text(json.dumps({
+        "init": "previous pack", "command": f"python -m training.nnunet --work {runs}/m --epochs 400",
+        "commands": [f"python -m training.nnunet --work {runs}/m --epochs 200", f"python -m training.nnunet --work {runs}/m --epochs 400"]}))
+    summary = _summary(runs, "m")
+    assert summary["commands"] == ["python -m training.nnunet --work $RUNS/m --epochs 200", "python -m training.nnunet --work $RUNS/m --epochs 400"]
+    assert _summary(runs, "absent")["commands"] == []
