@@ -15,6 +15,7 @@ from monai.deploy.core import Fragment
 from pydicom.sr.codedict import codes
 
 from operators.lib.case_naming import case_folder_name, is_valid_uid
+from operators.lib.uids import result_uids
 from operators.lib.case_outputs import PROCESSED_FILES, caption
 from operators.lib.dicom_input import load_cxr
 from operators.lib.publish import clean_stale_staging, publish_folder, staging_folder
@@ -123,6 +124,18 @@ def test_result_uids_come_from_the_case(written, fragment, cxr, tmp_path):
             first = pydicom.dcmread(folder / name, stop_before_pixels=True)
             second = pydicom.dcmread(tmp_path / cxr.case_id / name, stop_before_pixels=True)
             assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (second.SeriesInstanceUID, second.SOPInstanceUID)
+
+
+def test_result_uids_are_derived_from_the_case_id_not_the_source_uid(written):
+    """The case id (here not the source's SOP Instance UID) names every result: a second file with the
+    same SOP Instance UID gets its own results instead of overwriting the first one's."""
+    final, folder, _ = written
+    assert final.case.case_id != final.case.dataset.SOPInstanceUID
+    kinds = {"seg_probability.dcm": "seg-probability", "seg_binary.dcm": "seg-binary", "seg_bands.dcm": "seg-bands",
+             "sr_opacity.dcm": "sr", "sc_heatmap.dcm": "sc-heatmap"}
+    for name, kind in kinds.items():
+        ds = pydicom.dcmread(folder / name, stop_before_pixels=True)
+        assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == result_uids(final.case.case_id, ALGORITHM.version, ALGORITHM.preset, kind), name
 
 
 def test_caption_by_hand():

@@ -47,3 +47,16 @@ def test_overlapping_crops_keep_the_maximum():
     assert refined[5, 5] == np.float32(0.3)
     assert refined[15, 15] == np.float32(0.8)
     assert refined[25, 25] == np.float32(0.8)
+
+
+def test_thresholds_are_inclusive_and_single_pixels_count():
+    """Boundaries: a map exactly at the threshold is marked; a one-pixel component is a component
+    (the default minimum area is one pixel); a mask with a single component yields its box."""
+    at = np.zeros((6, 6), np.float32)
+    at[2, 3] = 0.5
+    assert union_mask([at, np.zeros_like(at)], 0.5)[2, 3] and union_mask([at], 0.5).sum() == 1
+    assert union_mask([np.zeros_like(at), at], 0.5)[2, 3]  # the second map counts too
+    single = np.zeros((6, 6), bool)
+    single[4, 1] = True
+    assert [b.as_list() for b in component_boxes(single, 3)] == [[4, 1, 5, 2]]
+    assert component_boxes(np.zeros((6, 6), bool), 3) == []

@@ -134,6 +134,14 @@ def test_binary_mask_uses_the_presets_threshold(fragment):
     assert final.opacity_mask.any() and not (final.opacity_mask == (final.prob_map >= 0.5)).all()
 
 
+def test_binary_threshold_is_inclusive(fragment):
+    """A pixel exactly at the threshold (a zone value, as stored in float32) is opacity."""
+    at = float(np.float32(ZONES[3]))
+    final, _ = blend(fragment, "zones", positive=True, binary_threshold=at)
+    exactly = final.prob_map == np.float32(at)
+    assert exactly.any() and final.opacity_mask[exactly].all()
+
+
 def test_resolve_takes_calibration_over_defaults_and_says_so():
     settings = settings_for("zones")
     assert settings.gate_threshold == GATE_THRESHOLD and settings.sources["gate_threshold"] == "manifest calibration"
