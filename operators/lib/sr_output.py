@@ -20,10 +20,12 @@ What a reading workstation or a downstream system gets, without decoding any pix
   BINARY SEG (and the source image) are listed as evidence.
 
 Why TID 1501 with the rectangle inside the measurement, not TID 1410 with an Image Region beside it
-(the previous version), nor a group without coordinates (the first): OHIF 3.13 tracks ("rehydrates") an
-SR's measurements with dcmjs, which looks for the SCOORD inside a group's NUM item whenever the group
-has one — the shape OHIF itself writes. With TID 1410 the rectangles disappeared as soon as the user
-said "Yes" to tracking; without coordinates its SR viewport failed on the missing image reference.
+(the previous version), nor a group without coordinates (the first): OHIF 3.13 draws each group's
+rectangle with its "Probability" label from this shape (the one OHIF writes itself). The TID 1410 groups
+were offered for tracking ("rehydrating"), but OHIF's dcmjs then looked for the SCOORD inside the
+group's NUM item, found none and dropped every rectangle the moment the user said "Yes"; OHIF 3.13 does
+not offer tracking for these TID 1501 groups (it tracks only its own tool measurements), so the
+rectangles stay. Without coordinates its SR viewport failed on the missing image reference.
 The SEG is still referenced, as evidence.
 
 The document is COMPLETE, UNVERIFIED and PRELIMINARY (an algorithm's output, signed by nobody); its
@@ -60,8 +62,8 @@ SCORE_UNIT: Code = codes.UCUM.NoUnits
 #: Decision values of the qualitative evaluation named :data:`OPACITY_CODE`.
 PRESENT_CODE: Code = codes.SCT.Present
 ABSENT_CODE: Code = codes.SCT.Absent
-#: Concept name of each rectangle (DCM 111030 "Image Region"): with a closed 5-point POLYLINE, what OHIF
-#: maps to its rectangle tool when it tracks the report's measurements.
+#: Concept name of each rectangle (DCM 111030 "Image Region"): with a closed 5-point POLYLINE, the code
+#: OHIF's rectangle adapter recognises (3.13 does not track TID 1501 groups yet; the code is ready for it).
 RECTANGLE_PURPOSE: Code = codes.DCM.ImageRegion
 #: Tracking identifiers of the groups (LO, at most 64 characters).
 SCORE_TRACKING_ID = "Lung opacity score"
