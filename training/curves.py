@@ -24,12 +24,14 @@ def nnunet_log(run: Path) -> dict[str, list[float]] | None:
     """nnU-Net's per-epoch train_losses, val_losses and ema_fg_dice of a run folder."""
     import torch
 
-    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
-        found = sorted(Path(run).glob(f"nnUNet_results/*/*/fold_0/{name}"))
-        if found:
-            logging = torch.load(found[0], map_location="cpu", weights_only=False)["logging"]
-            return {k: [float(v) for v in logging[k]] for k in ("train_losses", "val_losses", "ema_fg_dice")}
-    return None
+    from training.nnunet import checkpoint_of
+
+    trainer_folders = sorted(path.parent for path in Path(run).glob("nnUNet_results/*/*/fold_0"))
+    checkpoint = checkpoint_of(trainer_folders[0]) if trainer_folders else None
+    if checkpoint is None or not checkpoint.is_file():
+        return None
+    logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    return {k: [float(v) for v in logging[k]] for k in ("train_losses", "val_losses", "ema_fg_dice")}
 
 
 def history(run: Path) -> list[dict] | None:

@@ -167,7 +167,7 @@ def train(paths: dict[str, Path], dataset_id: int, name: str, trainer_key: str, 
     return out
 
 
-def _checkpoint_of(trainer_folder: Path) -> Path:
+def checkpoint_of(trainer_folder: Path) -> Path:
     """checkpoint_final.pth, or checkpoint_latest.pth of a run stopped early (``--export-only``)."""
     final = Path(trainer_folder) / "fold_0" / "checkpoint_final.pth"
     return final if final.is_file() else Path(trainer_folder) / "fold_0" / "checkpoint_latest.pth"
@@ -180,7 +180,7 @@ def export_model_folder(trainer_folder: Path, out: Path, fp16: bool = True) -> P
     (out / "fold_0").mkdir(parents=True, exist_ok=True)
     for name in ("dataset.json", "plans.json"):
         shutil.copy(trainer_folder / name, out / name)
-    checkpoint = torch.load(_checkpoint_of(trainer_folder), map_location="cpu", weights_only=False)
+    checkpoint = torch.load(checkpoint_of(trainer_folder), map_location="cpu", weights_only=False)
     checkpoint["trainer_name"] = "nnUNetTrainer"
     checkpoint["init_args"]["device"] = torch.device("cpu")
     if fp16:
@@ -192,7 +192,7 @@ def export_model_folder(trainer_folder: Path, out: Path, fp16: bool = True) -> P
 
 def training_log(trainer_folder: Path) -> dict:
     """Epochs, seconds and the last pseudo-Dice from nnU-Net's logger in the final checkpoint."""
-    checkpoint = torch.load(_checkpoint_of(trainer_folder), map_location="cpu", weights_only=False)
+    checkpoint = torch.load(checkpoint_of(trainer_folder), map_location="cpu", weights_only=False)
     log = checkpoint["logging"]
     starts, ends = log.get("epoch_start_timestamps", []), log.get("epoch_end_timestamps", [])
     seconds = float(sum(e - s for s, e in zip(starts, ends)))

@@ -246,9 +246,8 @@ class Viewer:
         if panel:
             self._wait(lambda: browser.find_elements(By.CSS_SELECTOR, f"[data-cy='{panel}-btn']"), f"the {panel} button")
             browser.find_elements(By.CSS_SELECTOR, f"[data-cy='{panel}-btn']")[0].click()
-        for text in expect:  # a slow machine may ask "Yes?" only after the 20 s above: keep answering it
-            self._wait(lambda: text in browser.page_source or (self._click_all("//button[normalize-space()='Yes']") and False),
-                       f"{text!r} on the page")
+        for text in expect:
+            self._wait(lambda: text in browser.page_source, f"{text!r} on the page")
         time.sleep(2)  # let the last overlay paint before the screenshot
         path = self.screenshots / f"{screenshot}.png"
         browser.save_screenshot(str(path))
