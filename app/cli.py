@@ -8,9 +8,12 @@ the MONAI Deploy SDK's own app context; the other options are ours. Exit codes: 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +25,27 @@ from operators.lib.run_report import ExitCode, RunLedger
 
 logger = logging.getLogger("app")
 SUMMARY_NAME = "summary.json"
+#: Signals whose handlers holoscan's ``Application.run`` replaces (at the C level) and leaves installed.
+HOLOSCAN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signal_handlers_restored():
+    """Give SIGINT/SIGTERM/SIGHUP back the handlers they had before the block (main thread only).
+
+    Holoscan's run installs its own C handlers for these (a graceful stop while the graph runs) and
+    leaves them installed after it returns; Python's ``signal.getsignal`` does not see them. A
+    process that runs the app in-process and later forks (a ``multiprocessing`` pool, as nnU-Net's
+    preprocessing uses) then has workers that ``SIGTERM`` cannot stop, and ``Pool.terminate`` waits
+    for them forever.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = {signum: signal.getsignal(signum) for signum in HOLOSCAN_SIGNALS} if main_thread else {}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def configured_preset(config_path: Path | None = None) -> str:
@@ -160,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("Model pack %r is random: its outputs MEAN NOTHING.", models.manifest.pack.get("name"))
     app = LungOpacityApp(plan, argv=[sys.argv[0]])
     try:
-        app.run()
+        with signal_handlers_restored():
+            app.run()
     except Exception:
         logger.exception("The application failed")
         ledger.info["error"] = "the application failed; see the log"

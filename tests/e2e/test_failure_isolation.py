@@ -44,3 +44,42 @@ def test_a_failing_step_fails_one_image_and_the_others_finish(tmp_path, dicom_di
         if record["outcome"] == "processed":
             assert (output / record["case_id"] / "seg_probability.dcm").is_file()
     assert not list(output.glob(".*partial*"))
+    assert_forked_children_stop_on_sigterm()
+
+
+def caught_signals() -> int:
+    """This process's caught-signal mask (/proc/self/status SigCgt): C handlers included."""
+    line = next(line for line in open("/proc/self/status") if line.startswith("SigCgt:"))
+    return int(line.split()[1], 16)
+
+
+def assert_forked_children_stop_on_sigterm() -> None:
+    """After the app ran in this process, a forked worker still dies on SIGTERM (what Pool.terminate sends)."""
+    import multiprocessing
+    import signal
+    import time
+
+    assert not caught_signals() & (1 << (signal.SIGTERM - 1)), "a SIGTERM handler outlived the app's run"
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()
+    child.terminate()
+    child.join(timeout=10)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+        child.join()
+    assert not alive and child.exitcode == -signal.SIGTERM
+
+
+def test_the_app_leaves_no_signal_handler_behind(tmp_path, random_pack):
+    """Holoscan installs C handlers for SIGINT/SIGTERM/SIGHUP while the graph runs; the CLI gives the
+    process its own back (a later fork-based pool in the same process would otherwise hang on terminate)."""
+    import signal
+
+    before = caught_signals()
+    (tmp_path / "in").mkdir()
+    code = main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(random_pack)])
+    assert code is not None
+    mask = sum(1 << (s - 1) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+    assert caught_signals() & mask == before & mask
+    assert_forked_children_stop_on_sigterm()

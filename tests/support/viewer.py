@@ -206,6 +206,22 @@ class Viewer:
                 pass
         return len(elements)
 
+    def _click_when_free(self, css: str) -> bool:
+        """Click the first element matching ``css``; False while it is missing or covered (the first-visit
+        tour can open after the page has loaded: it is skipped again before each try)."""
+        from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
+        from selenium.webdriver.common.by import By
+
+        self._click_all("//*[normalize-space(text())='Skip all']")
+        elements = self.browser.find_elements(By.CSS_SELECTOR, css)
+        if not elements:
+            return False
+        try:
+            elements[0].click()
+        except (ElementClickInterceptedException, StaleElementReferenceException):
+            return False
+        return True
+
     def open_series(self, study_uid: str, series_description: str, screenshot: str, expect: tuple[str, ...] = (),
                     panel: str | None = None, attempts: int = 2) -> dict:
         """Open the study, double-click the series whose description starts with ``series_description``,
@@ -244,8 +260,7 @@ class Viewer:
         while time.monotonic() < deadline and not self._click_all("//button[normalize-space()='Yes']"):
             time.sleep(0.5)
         if panel:
-            self._wait(lambda: browser.find_elements(By.CSS_SELECTOR, f"[data-cy='{panel}-btn']"), f"the {panel} button")
-            browser.find_elements(By.CSS_SELECTOR, f"[data-cy='{panel}-btn']")[0].click()
+            self._wait(lambda: self._click_when_free(f"[data-cy='{panel}-btn']"), f"a click on the {panel} button")
         for text in expect:
             self._wait(lambda: text in browser.page_source, f"{text!r} on the page")
         time.sleep(2)  # let the last overlay paint before the screenshot
