@@ -1,4 +1,4 @@
-"""Command line: ``python -m app -i IN -o OUT -m MODELS [--preset NAME] [--device cpu|cuda] [--threads N]``.
+"""Command line: ``python -m app -i IN -o OUT -m MODELS [--preset NAME] [--device cpu|cuda] [--threads N] [--runtime auto|torch]``.
 
 ``-i/-o/-m`` (or HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH / HOLOSCAN_MODEL_PATH) are resolved by
 the MONAI Deploy SDK's own app context; the other options are ours. Exit codes: see
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"write-up submission to reproduce (default: $CXR_OPACITY_PRESET, else app.yaml, else {DEFAULT_PRESET})")
     parser.add_argument("--device", default="cpu", type=_device, help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core (default)")
+    parser.add_argument("--runtime", choices=("auto", "torch"), default=os.environ.get("CXR_OPACITY_RUNTIME", "auto"),
+                        help="auto: networks with a verified ONNX graph in the manifest run on ONNX Runtime (CPU), the "
+                             "rest on torch; torch: every network on torch (default auto, or CXR_OPACITY_RUNTIME)")
     parser.add_argument("--mirroring", action="store_true", help="nnU-Net test-time mirroring (about 4× slower on CPU)")
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     return parser
@@ -162,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return int(ExitCode.CONFIGURATION)
 
+    if args.runtime not in ("auto", "torch"):
+        logger.error("CXR_OPACITY_RUNTIME is %r; use auto or torch.", args.runtime)
+        return int(ExitCode.CONFIGURATION)
     from app.model_store import load_models
 
     try:
         models = load_models(model_folder, device=args.device, nnunet_mirroring=preset.nnunet_mirroring,
-                             nnunet_tile_step=preset.nnunet_tile_step)
+                             nnunet_tile_step=preset.nnunet_tile_step, runtime=args.runtime)
     except ModelFolderError as exc:
         logger.error("Cannot start: %s", exc)
         return int(ExitCode.CONFIGURATION)

@@ -23,6 +23,7 @@ import torch
 from app.model_formats import FORMATS, Architecture, LoadContext
 from operators.lib.calibration import Calibration
 from operators.lib.errors import ModelFolderError
+from operators.lib.onnx_graphs import ONNXRUNTIME, TORCH, GraphEntry, OnnxNetwork, open_session
 
 if TYPE_CHECKING:  # the wrappers' module imports every network library; loading imports it when needed
     from operators.lib.segmenters import LungSegmenter, OpacityClassifier, SegmentationExpert
@@ -67,6 +68,7 @@ class ModelCard:
     files: dict[str, str]
     options: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)  # raw; parsed into the pack's Calibration
+    graph: GraphEntry | None = None  # graphs.onnx: an ONNX export of the network (operators/lib/onnx_graphs.py)
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any], where: Path) -> "ModelCard":
@@ -100,6 +102,14 @@ class ModelCard:
         calibration = data.get("calibration", {})
         if not isinstance(calibration, dict):
             raise ModelFolderError(f"{where}: model {name!r}: calibration must be an object.")
+        graph = None
+        if (data.get("graphs") or {}).get("onnx") is not None:
+            try:
+                graph = GraphEntry.from_dict(data["graphs"]["onnx"], f"{where}: model {name!r}")
+            except ValueError as exc:
+                raise ModelFolderError(str(exc)) from None
+            if not _inside_folder(graph.file):
+                raise ModelFolderError(f"{where}: model {name!r}: graphs.onnx.file {graph.file!r} must stay inside the model's folder.")
         return cls(
             name=name,
             role=role,
@@ -111,6 +121,7 @@ class ModelCard:
             files={str(k): str(v).lower() for k, v in files.items()},
             options=dict(data.get("options", {})),
             calibration=dict(calibration),
+            graph=graph,
         )
 
 
@@ -213,6 +224,7 @@ class LoadedModels:
     refinement: SegmentationExpert
     lung: LungSegmenter
     load_seconds: dict[str, float]
+    runtimes: dict[str, str] = field(default_factory=dict)  # name → "torch" or "onnxruntime"
 
     @property
     def map_names(self) -> list[str]:
@@ -231,15 +243,54 @@ class LoadedModels:
         }
 
 
-def load_models(folder: Path, device: str = "cpu", nnunet_mirroring: bool = False, nnunet_tile_step: float = 0.5) -> LoadedModels:
-    """Read the manifest, verify every checksum, then build each model wrapper once."""
+def use_verified_graph(card: ModelCard, wrapper: Any, folder: Path, threads: int) -> str:
+    """Swap ``wrapper``'s network for its ONNX graph when the manifest lists one whose sha256 matches.
+
+    Returns the runtime the model will use. A missing, altered or unloadable graph is logged and the
+    torch network (the source of truth) stays: the graph is an accelerator, never a requirement.
+    """
+    if card.graph is None or not hasattr(wrapper, "use_graph"):
+        return TORCH
+    path = folder / card.graph.file
+    root = folder.resolve()
+    if not path.resolve().is_relative_to(root) or not path.is_file():
+        logger.warning("%s: the ONNX graph listed in %s is missing (or outside the folder); %s runs on torch.", path, MANIFEST_NAME, card.name)
+        return TORCH
+    if sha256_of(path) != card.graph.sha256:
+        logger.warning("%s: sha256 differs from %s; %s runs on torch (its native weights were verified).", path, MANIFEST_NAME, card.name)
+        return TORCH
+    try:
+        session = open_session(path, threads)
+    except Exception as exc:  # onnxruntime missing or the graph unreadable: the native network still works
+        logger.warning("%s: ONNX Runtime cannot open it (%s: %s); %s runs on torch.", path, type(exc).__name__, exc, card.name)
+        return TORCH
+    shape = tuple(session.get_inputs()[0].shape[1:])
+    expected = tuple(wrapper.graph_target()[1][1:])
+    if shape != expected:
+        logger.warning("%s: input shape %s differs from the network's %s; %s runs on torch.", path, shape, expected, card.name)
+        return TORCH
+    wrapper.use_graph(OnnxNetwork(session, path))
+    return ONNXRUNTIME
+
+
+def load_models(folder: Path, device: str = "cpu", nnunet_mirroring: bool = False, nnunet_tile_step: float = 0.5,
+                runtime: str = "auto") -> LoadedModels:
+    """Read the manifest, verify every checksum, then build each model wrapper once.
+
+    ``runtime``: ``"auto"`` runs each network whose manifest lists a verified ONNX graph with ONNX
+    Runtime (CPU only), ``"torch"`` runs every network with torch.
+    """
+    if runtime not in ("auto", TORCH):
+        raise ValueError(f"runtime must be 'auto' or 'torch', not {runtime!r}")
     manifest = read_manifest(folder)
     started = time.perf_counter()
     verify_files(manifest)
     logger.info("Verified %d model folders in %.2fs", len(manifest.models), time.perf_counter() - started)
     context = LoadContext(torch.device(device), nnunet_mirroring, nnunet_tile_step)
+    use_graphs = runtime == "auto" and context.device.type == "cpu"
     built: dict[str, Any] = {}
     seconds: dict[str, float] = {}
+    runtimes: dict[str, str] = {}
     for card in manifest.models:
         started = time.perf_counter()
         try:
@@ -248,8 +299,10 @@ def load_models(folder: Path, device: str = "cpu", nnunet_mirroring: bool = Fals
             raise
         except Exception as exc:
             raise ModelFolderError(f"{manifest.folder / card.name}: model {card.name!r} failed to load ({type(exc).__name__}: {exc}).") from exc
+        runtimes[card.name] = (use_verified_graph(card, built[card.name], manifest.folder / card.name, torch.get_num_threads())
+                               if use_graphs else TORCH)
         seconds[card.name] = time.perf_counter() - started
-        logger.info("Loaded %s (%s) in %.2fs", card.name, card.architecture.value, seconds[card.name])
+        logger.info("Loaded %s (%s, %s) in %.2fs", card.name, card.architecture.value, runtimes[card.name], seconds[card.name])
     return LoadedModels(
         manifest=manifest,
         classifier=built[manifest.by_role(ModelRole.CLASSIFIER)[0].name],
@@ -257,4 +310,5 @@ def load_models(folder: Path, device: str = "cpu", nnunet_mirroring: bool = Fals
         refinement=built[manifest.by_role(ModelRole.REFINEMENT)[0].name],
         lung=built[manifest.by_role(ModelRole.LUNG)[0].name],
         load_seconds=seconds,
+        runtimes=runtimes,
     )

@@ -56,6 +56,7 @@ def run_info(plan: RunPlan, torch_threads: int) -> dict[str, Any]:
         "model_pack": models.manifest.pack,
         "models": models.versions(),
         "model_load_s": {k: round(v, 3) for k, v in models.load_seconds.items()},
+        "model_runtimes": dict(models.runtimes),
         "input": str(plan.input_folder),
         "output": str(plan.output_folder),
     }

@@ -1,11 +1,17 @@
 """Benchmark: the app on real DICOMs repeated to N studies, against bare model forwards and the naive path.
 
-    python -m bench.bench --profile production --studies 8 [--threads 2] [--naive-studies 2]
+    python -m bench.bench --profile production --studies 8 [--threads 2] [--naive-studies 2] [--runtime both|torch|onnxruntime]
 
 Profiles: ``production`` (production-size architectures, random weights; built once into
 ~/.cache/cxr-bench), ``random`` (the tiny test pack), or ``--models DIR`` (e.g. the reference pack).
 Writes ``bench/results/<profile>.json`` and ``.md`` (medians over studies/repeats) so runs can be
 compared across commits. A benchmark, not a test: it asserts nothing, it reports.
+
+``--runtime both`` (the default) measures the two paths side by side in one run: every network on
+torch (``--runtime torch``), then the same pack with its ONNX graphs exported as the MAP build exports
+them (:mod:`app.export_graphs`) and run by ONNX Runtime (``--runtime auto``). The baselines for the
+nnU-Net maps are nnU-Net's CLI (a process per image and model, as a script would call it) and the
+stock ``nnUNetPredictor`` loaded once in this process (what a careful user would write).
 """
 
 from __future__ import annotations
@@ -64,10 +70,11 @@ def _rss_after_first_and_last(trace: list[tuple[float, int, int]]) -> list[float
     return [round(first[2] / 2**20, 1), round(live[-1][2] / 2**20, 1)]
 
 
-def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str, mirroring: bool) -> dict[str, Any]:
+def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str, mirroring: bool, runtime: str = "torch") -> dict[str, Any]:
     """Run ``python -m app`` once; cold start, per-study wall times, per-step medians, peak RSS."""
     command = [sys.executable, "-m", "app", "-i", str(inputs), "-o", str(output), "-m", str(models), "--preset", preset,
-               "--threads", str(threads), "-l", "WARN"] + (["--mirroring"] if mirroring else [])
+               "--threads", str(threads), "-l", "WARN", "--runtime", "torch" if runtime == "torch" else "auto"]
+    command += ["--mirroring"] if mirroring else []
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.perf_counter()
     process = subprocess.Popen(["bash", "-c", 'ulimit -s 32768; exec "$@"', "bash", *command], cwd=REPO, env=env,
@@ -90,6 +97,7 @@ def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str,
     if process.returncode != 0:
         raise RuntimeError(f"app exited {process.returncode}: {stderr[-2000:]}")
     results = [json.loads(p.read_text()) for p in output.glob("*/result.json")]
+    runtimes = json.loads((output / "summary.json").read_text()).get("model_runtimes", {})
     stamps = sorted(p.stat().st_mtime for p in output.glob("*/result.json"))
     warm = [b - a for a, b in zip(stamps, stamps[1:])]
     steps: dict[str, list[float]] = {}
@@ -99,6 +107,7 @@ def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str,
             steps.setdefault(key, []).append(seconds)
     return {
         "studies": len(results),
+        "model_runtimes": runtimes,
         "total_s": round(total, 2),
         "cold_start_s": round(first_output or float("nan"), 2),
         "warm_study_s_median": round(median(warm), 3) if warm else None,
@@ -110,14 +119,22 @@ def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str,
     }
 
 
-def bare_forwards(models_dir: Path, threads: int, repeats: int, mirroring: bool) -> dict[str, float]:
-    """Median seconds of each network's forward pass alone (same threads; inputs of the real sizes)."""
+def network_and_shape(wrapper) -> tuple[Any, tuple[int, ...]]:
+    """The network a wrapper runs (torch module or :class:`OnnxNetwork`) and the input shape it sees."""
+    if hasattr(wrapper, "graph_target"):
+        return wrapper.graph_target()
+    return wrapper.network, (1, 1, wrapper.input_size_px, wrapper.input_size_px)  # xrv's PSPNet: one channel, 512 px
+
+
+def bare_forwards(models_dir: Path, threads: int, repeats: int, mirroring: bool, runtime: str = "torch") -> dict[str, float]:
+    """Median seconds of each network's forward pass alone (same threads; inputs of the real sizes), on
+    the runtime the app uses for it (``runtime``: "torch", or "onnxruntime" for every verified graph)."""
     import torch
 
     from app.model_store import load_models
 
     torch.set_num_threads(threads)
-    models = load_models(models_dir, nnunet_mirroring=mirroring)
+    models = load_models(models_dir, nnunet_mirroring=mirroring, runtime="torch" if runtime == "torch" else "auto")
     timings: dict[str, float] = {}
 
     def clock(name: str, fn) -> None:
@@ -130,31 +147,45 @@ def bare_forwards(models_dir: Path, threads: int, repeats: int, mirroring: bool)
         timings[name] = median(samples)
 
     with torch.inference_mode():
-        cls = models.classifier
-        x = torch.zeros(1, 1, cls.input_size_px, cls.input_size_px)
-        clock("classifier", lambda: cls.network(x))
-        for expert in models.experts + [models.refinement]:
-            size = expert.input_size_px
-            if hasattr(expert, "predictor"):
-                net = expert.predictor.network.eval()
-                tile = torch.zeros(1, 1, size, size)
-                flips = [(), (2,), (3,), (2, 3)] if mirroring else [()]
-                clock(expert.name if expert is not models.refinement else "refinement",
-                      lambda net=net, tile=tile, flips=flips: [net(torch.flip(tile, f) if f else tile) for f in flips])
-            else:
-                tensor = torch.zeros(1, 3, size, size)
-                clock(expert.name, lambda net=expert.network, tensor=tensor: net(tensor))
-        lung = models.lung
-        size = lung.input_size_px
-        shape = (1, 1, size, size)
-        clock("lung", lambda: lung.network(torch.zeros(shape)))
+        for name, wrapper in [("classifier", models.classifier), *[(e.name, e) for e in models.experts],
+                              ("refinement", models.refinement), ("lung", models.lung)]:
+            network, shape = network_and_shape(wrapper)
+            x = torch.zeros(shape)
+            flips = [(), (2,), (3,), (2, 3)] if mirroring and hasattr(wrapper, "predictor") else [()]
+            clock(name, lambda net=network, x=x, flips=flips: [net(torch.flip(x, f) if f else x) for f in flips])
     return {k: round(v, 4) for k, v in timings.items()}
 
 
-def naive_path(models_dir: Path, studies: list[Path], workdir: Path, threads: int) -> dict[str, Any]:
+def with_graphs(models: Path, folder: Path) -> Path:
+    """A copy of ``models`` with its ONNX graphs exported, as the MAP build exports them."""
+    from app.export_graphs import export_graphs
+
+    shutil.copytree(models, folder)
+    export_graphs(folder)
+    return folder
+
+
+def stock_predictors(models_dir: Path, cards) -> dict[str, Any]:
+    """nnU-Net's own ``nnUNetPredictor`` for each card, loaded once (the app's tile step, no mirroring)."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictors = {}
+    for card in cards:
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
+                                    device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(models_dir / card.name), use_folds=(int(card.options.get("fold", 0)),),
+                                                       checkpoint_name="checkpoint_final.pth")
+        predictors[card.name] = predictor
+    return predictors
+
+
+def naive_path(models_dir: Path, studies: list[Path], workdir: Path, threads: int, graphs_dir: Path | None = None) -> dict[str, Any]:
     """The same maps the way a user would make them without this project, per study: each nnU-Net via
-    ``nnUNetv2_predict_from_modelfolder`` on a PNG (a process per model, as its CLI works), the
-    torchxrayvision models through xrv's own preprocessing. Compared with our in-process wrappers."""
+    ``nnUNetv2_predict_from_modelfolder`` on a PNG (a process per model, as its CLI works) and via the
+    stock ``nnUNetPredictor`` loaded once in this process, the torchxrayvision models through xrv's own
+    preprocessing. Compared with our in-process wrappers on torch and, with ``graphs_dir`` (the pack
+    with its graphs), on ONNX Runtime."""
     import torch
     from PIL import Image
 
@@ -166,10 +197,13 @@ def naive_path(models_dir: Path, studies: list[Path], workdir: Path, threads: in
     manifest = read_manifest(models_dir)
     models = load_models(models_dir)
     nnunets = [card for card in manifest.models if card.architecture.value == "nnunet-2d" and card.role is not ModelRole.REFINEMENT]
+    stock = stock_predictors(models_dir, nnunets)
+    onnx_models = load_models(graphs_dir, runtime="auto") if graphs_dir else None
     per_study = []
     for study in studies:
         cxr = load_cxr(study, "bench")
-        row: dict[str, Any] = {"study": study.name, "naive_s": 0.0, "ours_s": 0.0, "max_abs_diff": {}}
+        row: dict[str, Any] = {"study": study.name, "naive_s": 0.0, "ours_s": 0.0, "max_abs_diff": {},
+                               "nnunet_cli_s": 0.0, "nnunet_stock_predictor_s": 0.0, "nnunet_ours_torch_s": 0.0, "nnunet_ours_onnx_s": 0.0}
         for card in nnunets:
             ours_model = next(e for e in models.experts if e.name == card.name)
             size = card.input_size_px
@@ -185,11 +219,24 @@ def naive_path(models_dir: Path, studies: list[Path], workdir: Path, threads: in
                             "-device", "cpu", "--disable_progress_bar"], check=True, capture_output=True,
                            env={**os.environ, "OMP_NUM_THREADS": str(threads), "nnUNet_def_n_proc": str(threads)})
             row["naive_s"] += time.perf_counter() - started
+            row["nnunet_cli_s"] += time.perf_counter() - started
             naive = np.load(folder_out / "case.npz")["probabilities"][1, 0]
+            started = time.perf_counter()
+            _, stock_probabilities = stock[card.name].predict_single_npy_array(image8.astype(np.float32)[None, None], {"spacing": [999.0, 1.0, 1.0]},
+                                                                                None, None, True)
+            row["nnunet_stock_predictor_s"] += time.perf_counter() - started
             started = time.perf_counter()
             ours = ours_model.predict_square(image8.astype(np.float32) / 255.0)
             row["ours_s"] += time.perf_counter() - started
+            row["nnunet_ours_torch_s"] += time.perf_counter() - started
             row["max_abs_diff"][card.name] = float(np.abs(naive - ours).max())
+            row["max_abs_diff"][f"{card.name} (stock predictor)"] = float(np.abs(stock_probabilities[1, 0] - ours).max())
+            if onnx_models:
+                onnx_model = next(e for e in onnx_models.experts if e.name == card.name)
+                started = time.perf_counter()
+                ours_onnx = onnx_model.predict_square(image8.astype(np.float32) / 255.0)
+                row["nnunet_ours_onnx_s"] += time.perf_counter() - started
+                row["max_abs_diff"][f"{card.name} (onnx)"] = float(np.abs(ours_onnx - ours).max())
         # torchxrayvision DenseNet through xrv's own preprocessing (skimage resize) vs ours (torch antialias)
         import torchxrayvision as xrv
 
@@ -207,35 +254,63 @@ def naive_path(models_dir: Path, studies: list[Path], workdir: Path, threads: in
         ours_score = models.classifier.predict(cxr.pixels)
         row["ours_s"] += time.perf_counter() - started
         row["max_abs_diff"]["xrv_densenet121_all (score)"] = abs(naive_score - ours_score)
-        row["naive_s"], row["ours_s"] = round(row["naive_s"], 3), round(row["ours_s"], 3)
+        row = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
         per_study.append(row)
-    return {"per_study": per_study, "naive_s_median": median(r["naive_s"] for r in per_study),
-            "ours_s_median": median(r["ours_s"] for r in per_study)}
+    keys = ("naive_s", "ours_s", "nnunet_cli_s", "nnunet_stock_predictor_s", "nnunet_ours_torch_s", "nnunet_ours_onnx_s")
+    return {"per_study": per_study, **{f"{k}_median": median(r[k] for r in per_study) for k in keys}}
+
+
+def _diff(naive: dict[str, Any], keep) -> str:
+    values = [v for r in naive["per_study"] for k, v in r["max_abs_diff"].items() if keep(k)]
+    return f"{max(values):.2e}" if values else "n/a"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    app, bare = report["app"], report["bare_forward_s"]
+    runs = report["runs"]
+    names = list(runs)
     lines = [f"# Benchmark: {report['profile']} ({report['date']})", "",
              f"Machine: {report['machine']}. Threads: {report['threads']}. Preset: {report['preset']}, mirroring "
-             f"{'on' if report['mirroring'] else 'off'}. Studies: {app['studies']}.", "",
-             "| measure | value |", "|---|---|",
-             f"| cold start (process start → first output) | {app['cold_start_s']} s |",
-             f"| warm time per study (median) | {app['warm_study_s_median']} s |",
-             f"| sum of bare forwards per study | {report['bare_sum_per_study_s']} s |",
-             f"| overhead ratio (warm / bare sum; target ≤ 1.10) | {report['overhead_ratio']} |",
-             f"| peak RSS | {app['peak_rss_mb']} MB |",
-             f"| RSS after first output → at end | {' → '.join(str(v) for v in app['rss_mb_after_first_and_last'])} MB |"]
+             f"{'on' if report['mirroring'] else 'off'}. Studies: {runs[names[0]]['app']['studies']}. One run of "
+             f"`{report['command']}`; every column below comes from it (same machine, same load).", "",
+             "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+
+    def row(label: str, value) -> None:
+        lines.append(f"| {label} | " + " | ".join(str(value(runs[n])) for n in names) + " |")
+
+    row("cold start (process start → first output), s", lambda r: r["app"]["cold_start_s"])
+    row("warm time per study (median), s", lambda r: r["app"]["warm_study_s_median"])
+    row("sum of bare forwards per study, s", lambda r: r["bare_sum_per_study_s"])
+    row("overhead ratio (warm / bare sum of the same runtime; target ≤ 1.10)", lambda r: r["overhead_ratio"])
+    row("peak RSS, MB", lambda r: r["app"]["peak_rss_mb"])
+    row("RSS after first output → at end, MB", lambda r: " → ".join(str(v) for v in r["app"]["rss_mb_after_first_and_last"]))
+    row("networks on ONNX Runtime", lambda r: sum(v == "onnxruntime" for v in r["app"]["model_runtimes"].values()))
+    if "torch" in runs and "onnxruntime" in runs:
+        t, o = runs["torch"], runs["onnxruntime"]
+        lines += ["", f"ONNX Runtime vs torch, same run: warm per study {t['app']['warm_study_s_median'] / o['app']['warm_study_s_median']:.2f}× "
+                      f"faster, bare forwards {t['bare_sum_per_study_s'] / o['bare_sum_per_study_s']:.2f}× faster."]
     if report.get("naive"):
         naive = report["naive"]
-        lines += [f"| naive path per study (nnUNetv2_predict + xrv preprocessing), median | {naive['naive_s_median']:.2f} s |",
-                  f"| same maps through this project's wrappers, median | {naive['ours_s_median']:.2f} s |",
-                  f"| speed-up vs naive, same models (target ≥ 2) | {naive['naive_s_median'] / max(naive['ours_s_median'], 1e-9):.1f}× |",
-                  f"| largest difference, nnU-Net maps | {max(max(v for k, v in r['max_abs_diff'].items() if 'score' not in k) for r in naive['per_study']):.2e} |",
-                  f"| largest difference, xrv score (xrv's skimage resize vs ours) | {max(r['max_abs_diff'].get('xrv_densenet121_all (score)', 0) for r in naive['per_study']):.2e} |"]
-    lines += ["", "Per step, median seconds per study:", "", "| step | s |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in app["steps_s_median"].items()]
-    lines += ["", "Bare forward passes alone, median seconds:", "", "| model | s |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in bare.items()]
+        lines += ["", "Baselines (median seconds per study over the same studies):", "", "| path | s |", "|---|---|",
+                  f"| naive path (nnUNetv2_predict per image and model + xrv preprocessing) | {naive['naive_s_median']:.2f} |",
+                  f"| same maps through this project's wrappers (torch) | {naive['ours_s_median']:.2f} |",
+                  f"| nnU-Net maps: nnU-Net CLI, a process per image and model | {naive['nnunet_cli_s_median']:.2f} |",
+                  f"| nnU-Net maps: stock nnUNetPredictor loaded once, one process | {naive['nnunet_stock_predictor_s_median']:.2f} |",
+                  f"| nnU-Net maps: this project's wrapper, torch | {naive['nnunet_ours_torch_s_median']:.2f} |"]
+        if naive.get("nnunet_ours_onnx_s_median"):
+            lines.append(f"| nnU-Net maps: this project's wrapper, ONNX Runtime | {naive['nnunet_ours_onnx_s_median']:.2f} |")
+        best = min(v for v in (naive["nnunet_ours_torch_s_median"], naive.get("nnunet_ours_onnx_s_median") or float("inf")))
+        lines += ["", f"Speed-up of the nnU-Net maps: {naive['nnunet_cli_s_median'] / best:.1f}× vs the CLI, "
+                      f"{naive['nnunet_stock_predictor_s_median'] / best:.2f}× vs the stock predictor loaded once; "
+                      f"whole naive path {naive['naive_s_median'] / max(naive['ours_s_median'], 1e-9):.1f}× (target ≥ 2).",
+                  f"Largest differences: nnU-Net maps vs the CLI {_diff(naive, lambda k: '(' not in k)}, vs the stock predictor "
+                  f"{_diff(naive, lambda k: 'stock' in k)}, ONNX Runtime vs torch {_diff(naive, lambda k: 'onnx' in k)}; xrv score "
+                  f"(xrv's skimage resize vs ours) {_diff(naive, lambda k: 'score' in k)}."]
+    for name in names:
+        app, bare = runs[name]["app"], runs[name]["bare_forward_s"]
+        lines += ["", f"{name}: per step, median seconds per study:", "", "| step | s |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in app["steps_s_median"].items()]
+        lines += ["", f"{name}: bare forward passes alone, median seconds:", "", "| model | s |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in bare.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -251,8 +326,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="zones")
     parser.add_argument("--mirroring", action="store_true")
     parser.add_argument("--naive-studies", type=int, default=2, help="studies run through the naive path (0 = skip)")
+    parser.add_argument("--runtime", choices=["both", "torch", "onnxruntime"], default="both",
+                        help="torch, onnxruntime (graphs exported as the MAP build does), or both side by side (default)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
+    os.environ["nnUNet_def_n_proc"] = str(args.threads)  # the stock predictor's thread cap, as the app sets it
 
     if args.models:
         models, profile = args.models, args.models.name
@@ -265,23 +343,28 @@ def main(argv: list[str] | None = None) -> None:
         from tools.random_model_pack import build_random_pack
 
         models, profile = build_random_pack(CACHE / "random"), "random"
+    runtimes = ["torch", "onnxruntime"] if args.runtime == "both" else [args.runtime]
+    runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as temporary:
         work = Path(temporary)
         studies = make_studies(chest_sources(), args.studies, work / "in")
-        print(f"Running the app on {len(studies)} studies with {profile} models…", flush=True)
-        app = run_app(models, work / "in", work / "out", args.threads, args.preset, args.mirroring)
-        print("Timing bare forward passes…", flush=True)
-        bare = bare_forwards(models, args.threads, args.repeats, args.mirroring)
-        naive = naive_path(models, studies[: args.naive_studies], work / "naive", args.threads) if args.naive_studies else None
-    bare_sum = sum(v for k, v in bare.items() if k != "refinement") + bare.get("refinement", 0) * app["refined_crops_median"]
+        graphs = with_graphs(models, work / "graphs" / models.name) if "onnxruntime" in runtimes else None
+        for runtime in runtimes:
+            pack = models if runtime == "torch" else graphs
+            print(f"Running the app on {len(studies)} studies with {profile} models on {runtime}…", flush=True)
+            app = run_app(pack, work / "in", work / f"out_{runtime}", args.threads, args.preset, args.mirroring, runtime)
+            print(f"Timing bare forward passes on {runtime}…", flush=True)
+            bare = bare_forwards(pack, args.threads, args.repeats, args.mirroring, runtime)
+            bare_sum = sum(v for k, v in bare.items() if k != "refinement") + bare.get("refinement", 0) * app["refined_crops_median"]
+            runs[runtime] = {"app": app, "bare_forward_s": bare, "bare_sum_per_study_s": round(bare_sum, 3),
+                             "overhead_ratio": round(app["warm_study_s_median"] / bare_sum, 3) if app["warm_study_s_median"] else None}
+        naive = naive_path(models, studies[: args.naive_studies], work / "naive", args.threads, graphs) if args.naive_studies else None
     report = {
         "profile": profile, "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "preset": args.preset,
-        "mirroring": args.mirroring,
+        "mirroring": args.mirroring, "command": "python -m bench.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, "
                    f"{platform.processor() or platform.platform()}",
-        "app": app, "bare_forward_s": bare, "bare_sum_per_study_s": round(bare_sum, 3),
-        "overhead_ratio": round(app["warm_study_s_median"] / bare_sum, 3) if app["warm_study_s_median"] else None,
-        "naive": naive,
+        "runs": runs, "naive": naive,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{profile}.json").write_text(json.dumps(report, indent=2))

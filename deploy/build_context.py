@@ -22,7 +22,7 @@ nothing is downloaded: holoscan-cli 4.2.0's published manifest only knows Holosc
 app runs on holoscan-cu13 4.6.0 (the packager reads the installed version). It maps 4.6.0 to the
 same base image as 4.2.0 (``nvcr.io/nvidia/cuda:13.0.0-runtime-ubuntu24.04``, Python 3.12).
 
-    python -m deploy.build_context OUT_DIR [--models DIR] [--tag NAME] [--platform x86_64]
+    python -m deploy.build_context OUT_DIR [--models DIR] [--tag NAME] [--platform x86_64] [--no-graphs]
     python -m deploy.build_context --stage-only SRC_DIR [--models DIR]   # then `monai-deploy package` on a Docker host
 """
 
@@ -36,6 +36,8 @@ import shutil
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+
+from operators.lib.errors import ModelFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +101,21 @@ def stage_models(models: Path, staging: Path) -> Path:
     return root
 
 
-def stage(folder: Path, models: Path) -> tuple[Path, Path]:
-    """Write what ``monai-deploy package`` takes: ``folder/app`` (application) and ``folder/models``."""
-    return stage_application(folder), stage_models(Path(models), folder)
+def stage(folder: Path, models: Path, graphs: bool = True) -> tuple[Path, Path]:
+    """Write what ``monai-deploy package`` takes: ``folder/app`` (application) and ``folder/models``.
+
+    With ``graphs`` every network of the staged pack is exported to ONNX beside its native files and
+    listed in the staged manifest (:mod:`app.export_graphs`): the export happens here, at build time,
+    so the MAP starts without it. The source models folder is not changed.
+    """
+    application, staged_models = stage_application(folder), stage_models(Path(models), folder)
+    if graphs:
+        from app.export_graphs import export_graphs
+
+        exported = export_graphs(staged_models / MODEL_NAME)
+        logger.info("Exported ONNX graphs for %s", sorted(name for name, entry in exported.items() if entry))
+        make_world_readable(staged_models)
+    return application, staged_models
 
 
 def package_command(application: Path, models: Path, *, tag: str = DEFAULT_TAG, platform: str = "x86_64",
@@ -118,7 +132,7 @@ def package_command(application: Path, models: Path, *, tag: str = DEFAULT_TAG, 
 
 
 def build_context(out: Path, models: Path, *, tag: str = DEFAULT_TAG, platform: str = "x86_64",
-                  uid: int = 1000, gid: int = 1000) -> BuildContext:
+                  uid: int = 1000, gid: int = 1000, graphs: bool = True) -> BuildContext:
     """Run holoscan-cli's packager into ``out`` up to, not including, ``docker buildx``.
 
     Parameters
@@ -133,6 +147,9 @@ def build_context(out: Path, models: Path, *, tag: str = DEFAULT_TAG, platform: 
         One of the packager's platforms (``x86_64``, ``sbsa``, ...).
     uid, gid : int, optional
         UID/GID of the non-root user the image runs as (the packager's defaults).
+    graphs : bool, optional
+        Export every network to ONNX in the packaged pack (:func:`stage`); the app runs them with
+        ONNX Runtime and falls back to torch for any graph that is missing or altered.
 
     Returns
     -------
@@ -162,7 +179,7 @@ def build_context(out: Path, models: Path, *, tag: str = DEFAULT_TAG, platform: 
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        application, staged_models = stage(staging, models)
+        application, staged_models = stage(staging, models, graphs=graphs)
         # Parsed by the packager's own parser, exactly as `monai-deploy package` parses it.
         args = parse_args(package_command(application, staged_models, tag=tag, platform=platform, uid=uid, gid=gid))
         # The packager's own steps, as in holoscan_cli.packager.packager._package_application:
@@ -203,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--platform", default="x86_64", help="packager platform (default: x86_64)")
     parser.add_argument("--uid", type=int, default=1000, help="UID of the user the image runs as (default: 1000)")
     parser.add_argument("--gid", type=int, default=1000, help="GID of that user (default: 1000)")
+    parser.add_argument("--no-graphs", action="store_true", help="do not export the networks to ONNX (every model runs on torch)")
     parser.add_argument("--stage-only", action="store_true",
                         help="only write OUT/app and OUT/models and print the `monai-deploy package` line (for a Docker host)")
     args = parser.parse_args(argv)
@@ -212,16 +230,17 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("%s is not empty; staging needs a new folder.", args.out)
             return 2
         try:
-            application, models = stage(args.out, args.models)
-        except FileNotFoundError as exc:
+            application, models = stage(args.out, args.models, graphs=not args.no_graphs)
+        except (FileNotFoundError, ModelFolderError) as exc:
             logger.error("%s", exc)
             return 2
         command = package_command(application, models, tag=args.tag, platform=args.platform, uid=args.uid, gid=args.gid)
         logger.info("Staged %s and %s; on a host with Docker and buildx run:\n  %s", application, models, shlex.join(command))
         return 0
     try:
-        context = build_context(args.out, args.models, tag=args.tag, platform=args.platform, uid=args.uid, gid=args.gid)
-    except (RuntimeError, FileExistsError, FileNotFoundError) as exc:
+        context = build_context(args.out, args.models, tag=args.tag, platform=args.platform, uid=args.uid, gid=args.gid,
+                                graphs=not args.no_graphs)
+    except (RuntimeError, FileExistsError, FileNotFoundError, ModelFolderError) as exc:
         logger.error("%s", exc)
         return 2
     logger.info("Build it on a Docker host with:\n  %s", docker_build_command(context))

@@ -115,6 +115,13 @@ class ConvNextFpnSegmenter:
         logits = self.network(self.prepare(square_image, self.config).to(self.device))
         return torch.sigmoid(logits)[0, 0].float().cpu().numpy()
 
+    def graph_target(self) -> tuple[torch.nn.Module, tuple[int, ...]]:
+        """The network an ONNX graph replaces, and the input shape it sees (:mod:`operators.lib.onnx_graphs`)."""
+        return self.network, (1, 3, self.input_size_px, self.input_size_px)
+
+    def use_graph(self, network: torch.nn.Module) -> None:
+        self.network = network
+
 
 @functools.cache
 def _single_fold_predictor_class():
@@ -178,6 +185,14 @@ class NnUNetSegmenter:
         _, probabilities = self.predictor.predict_single_npy_array(data, {"spacing": [999.0, 1.0, 1.0]}, None, None, True)
         return np.asarray(probabilities[self.label_index, 0], dtype=np.float32)
 
+    def graph_target(self) -> tuple[torch.nn.Module, tuple[int, ...]]:
+        """The network an ONNX graph replaces (nnU-Net's, called once per sliding-window tile) and its tile shape."""
+        channels = len(self.predictor.dataset_json.get("channel_names", {"0": "cxr"}))
+        return self.predictor.network, (1, channels, *self.predictor.configuration_manager.patch_size)
+
+    def use_graph(self, network: torch.nn.Module) -> None:
+        self.predictor.network = network
+
 
 def import_xrv():
     """Import torchxrayvision without letting it silence every warning of the process."""
@@ -226,6 +241,13 @@ class XrvOpacityClassifier:
         """H×W [0, 1] image → op-normalised "Lung Opacity" output in [0, 1]."""
         x = torch.from_numpy(xrv_input(image, self.input_size_px)).to(self.device)
         return float(self.network(x)[0, self.label_index].clamp(0, 1))
+
+    def graph_target(self) -> tuple[torch.nn.Module, tuple[int, ...]]:
+        """The network an ONNX graph replaces (op_norm included) and its input shape."""
+        return self.network, (1, 1, self.input_size_px, self.input_size_px)
+
+    def use_graph(self, network: torch.nn.Module) -> None:
+        self.network = network
 
 
 class XrvLungSegmenter:
@@ -277,3 +299,10 @@ class UNetLungSegmenter:
         x = torch.from_numpy(resize(image, (size, size)))[None, None].to(self.device)
         probs = torch.sigmoid(self.network(x))[0].amax(dim=0).float().cpu().numpy()
         return resize(probs, image.shape) >= 0.5
+
+    def graph_target(self) -> tuple[torch.nn.Module, tuple[int, ...]]:
+        """The network an ONNX graph replaces and its input shape."""
+        return self.network, (1, 1, self.input_size_px, self.input_size_px)
+
+    def use_graph(self, network: torch.nn.Module) -> None:
+        self.network = network

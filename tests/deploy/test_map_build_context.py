@@ -103,6 +103,19 @@ def test_manifests_point_the_app_at_the_models(context):
     verify_files(read_manifest(context / "models" / MODEL_NAME))
 
 
+def test_the_build_exports_every_network_to_onnx_in_the_image_only(context, deploy_models):
+    """Graphs are made at build time beside the native files and listed with their sha256; the
+    source pack is untouched (its manifest has no graphs, its folders no model.onnx)."""
+    from app.model_store import sha256_of
+
+    packaged = read_manifest(context / "models" / MODEL_NAME)
+    for card in packaged.models:
+        assert card.graph is not None, card.name  # the test packs have no PSPNet, the one architecture not exported
+        assert sha256_of(context / "models" / MODEL_NAME / card.name / card.graph.file) == card.graph.sha256
+    assert all(card.graph is None for card in read_manifest(deploy_models).models)
+    assert not list(Path(deploy_models).glob("*/model.onnx"))
+
+
 def test_app_json_declares_file_formats(context):
     """holoscan-cli reads ``input-formats`` / ``output-formats`` from app.yaml (not ``inputFormats``)."""
     app_json = json.loads((context / "map" / "app.json").read_text())
@@ -213,6 +226,7 @@ def test_entrypoint_runs_the_app_on_real_dicoms(container_run):
     assert proc.returncode == 0 and "Application exited with 0." in log, log[-4000:]
     summary = json.loads((output / "summary.json").read_text())
     assert summary["input"] == "/var/holoscan/input" and summary["output"] == "/var/holoscan/output"
+    assert set(summary["model_runtimes"].values()) == {"onnxruntime"}  # the graphs the build exported
     processed = [r for r in summary["files"] if r["outcome"] == "processed"]
     assert len(processed) == 2, summary["files"]
     for record in processed:
