@@ -49,7 +49,7 @@ class LungOpacityApp(Application):
         refinement = RefinementOperator(self, model=models.refinement, preset=settings.preset, name="refinement")
         blend = BlendOperator(self, settings=settings, name="blend")
         writer = SegWriterOperator(self, output_folder=plan.output_folder, ledger=plan.ledger, algorithm=plan.algorithm,
-                                   model_versions=models.versions(), name="seg_writer")
+                                   model_versions=models.versions(), writer_threads=plan.writer_threads, name="seg_writer")
 
         self.add_flow(source, classifier, {("cxr", "cxr")})
         self.add_flow(source, lung, {("cxr", "cxr")})

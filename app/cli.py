@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"write-up submission to reproduce (default: $CXR_OPACITY_PRESET, else app.yaml, else {DEFAULT_PRESET})")
     parser.add_argument("--device", default="cpu", type=_device, help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core (default)")
+    parser.add_argument("--writer-threads", type=int, default=1,
+                        help="threads writing each image's outputs while the next image is computed; 0 = write inline (default 1)")
     parser.add_argument("--runtime", choices=("auto", "torch"), default=os.environ.get("CXR_OPACITY_RUNTIME", "auto"),
                         help="auto: networks with a verified ONNX graph in the manifest run on ONNX Runtime (CPU), the "
                              "rest on torch; torch: every network on torch (default auto, or CXR_OPACITY_RUNTIME)")
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.app import LungOpacityApp
     from app.run_plan import make_plan, run_info
 
-    plan = make_plan(input_folder, output_folder, models, preset, args.device)
+    plan = make_plan(input_folder, output_folder, models, preset, args.device, writer_threads=args.writer_threads)
     if plan.settings.preset.blend is BlendMode.WEIGHTED and plan.settings.sources["blend_weights"].startswith("equal"):
         logger.warning("manifest.json lacks weighted_logloss for some maps; the Weighted blend uses equal weights.")
     ledger = plan.ledger

@@ -25,14 +25,16 @@ class RunPlan:
     algorithm: AlgorithmInfo
     ledger: RunLedger
     device: str = "cpu"
+    writer_threads: int = 1  # background threads writing results while the next image computes (0: inline)
 
 
 def make_plan(input_folder: Path, output_folder: Path, models: LoadedModels, preset: Preset, device: str = "cpu",
-              ledger: RunLedger | None = None) -> RunPlan:
+              ledger: RunLedger | None = None, writer_threads: int = 1) -> RunPlan:
     """Resolve the preset against the pack's calibration (:func:`operators.lib.calibration.resolve`)."""
     settings = resolve(preset, models.manifest.calibration, models.map_names)
     algorithm = AlgorithmInfo(name=APP_NAME, version=__version__, preset=preset.name)
-    return RunPlan(Path(input_folder), Path(output_folder), models, settings, algorithm, ledger or RunLedger(), device)
+    return RunPlan(Path(input_folder), Path(output_folder), models, settings, algorithm, ledger or RunLedger(), device,
+                   max(0, int(writer_threads)))
 
 
 def run_info(plan: RunPlan, torch_threads: int) -> dict[str, Any]:
@@ -45,6 +47,7 @@ def run_info(plan: RunPlan, torch_threads: int) -> dict[str, Any]:
         "preset_description": settings.preset.description,
         "device": plan.device,
         "torch_threads": torch_threads,
+        "writer_threads": plan.writer_threads,
         "gate_threshold": settings.gate_threshold,
         "gate_threshold_source": settings.sources["gate_threshold"],
         "scores": {name: score.to_dict() for name, score in settings.scores.items()},

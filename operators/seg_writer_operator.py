@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +28,25 @@ class SegWriterOperator(Operator):
     into a hidden staging folder that is renamed to ``<output>/<case_id>/`` when complete
     (:mod:`operators.lib.publish`), so a crash never leaves a partial result; the outcome goes into the
     run ledger. A failure to write (a full disk) fails that image only.
+
+    With ``writer_threads`` > 0 the writing runs on that many background threads while the graph
+    computes the next image (DICOM encoding, PNG compression and file I/O overlap the next image's
+    forwards); at most ``max_in_flight`` results are held (written or waiting), so memory stays flat
+    whatever the number of studies. :meth:`stop` waits for every write before the graph ends, so the
+    run summary is complete. ``writer_threads=0`` writes inline.
     """
 
     INPUT = "final"
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, ledger: RunLedger, algorithm: AlgorithmInfo,
-                 model_versions: dict[str, Any], **kwargs):
+                 model_versions: dict[str, Any], writer_threads: int = 0, max_in_flight: int = 2, **kwargs):
         self._output = Path(output_folder)
         self._ledger = ledger
         self._algorithm = algorithm
         self._models = model_versions
+        self._pool = ThreadPoolExecutor(max_workers=writer_threads, thread_name_prefix="seg-writer") if writer_threads > 0 else None
+        self._max_in_flight = max(1, int(max_in_flight))
+        self._in_flight: deque[Future] = deque()
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -65,6 +76,26 @@ class SegWriterOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         item = op_input.receive(self.INPUT)
+        if self._pool is None:
+            self.handle(item)
+            return
+        while len(self._in_flight) >= self._max_in_flight:
+            self._in_flight.popleft().result()
+        self._in_flight.append(self._pool.submit(self.handle, item))
+
+    def drain(self) -> None:
+        """Wait until every result handed to the writer threads is written and recorded."""
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
+    def stop(self) -> None:
+        """After the last image: finish the writes in flight (the summary is written after the graph ends)."""
+        self.drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def handle(self, item: FinalResult | StepFailure) -> None:
+        """Write one image's outputs (or its failure report) and record the outcome; never raises."""
         case = item.case
         if isinstance(item, StepFailure):
             reason = f"{case.path}: step {item.step} failed: {item.message}"

@@ -83,3 +83,30 @@ def test_the_app_leaves_no_signal_handler_behind(tmp_path, random_pack):
     mask = sum(1 << (s - 1) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     assert caught_signals() & mask == before & mask
     assert_forked_children_stop_on_sigterm()
+
+
+def test_the_summary_waits_for_the_writer_thread(tmp_path, dicom_dir, random_pack, monkeypatch):
+    """Results are written on a background thread while the next image computes; the graph's end waits
+    for them (SegWriterOperator.stop), so a slow last write is still in summary.json and on disk."""
+    import time
+
+    import operators.seg_writer_operator as writer_module
+
+    input_folder = tmp_path / "in"
+    input_folder.mkdir()
+    for index, path in enumerate(sorted((dicom_dir / "rsna").glob("*.dcm"))[:2]):
+        shutil.copy(path, input_folder / f"{index}.dcm")
+    original = writer_module.write_processed
+
+    def slow(*args):
+        time.sleep(2.0)
+        return original(*args)
+
+    monkeypatch.setattr(writer_module, "write_processed", slow)
+    output = tmp_path / "out"
+    assert main(["-i", str(input_folder), "-o", str(output), "-m", str(random_pack), "--writer-threads", "1"]) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["writer_threads"] == 1
+    assert summary["counts"] == {"processed": 2, "refused": 0, "skipped": 0, "failed": 0}
+    for record in summary["files"]:
+        assert (output / record["case_id"] / "seg_probability.dcm").is_file()

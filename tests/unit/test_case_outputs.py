@@ -172,6 +172,48 @@ def test_writer_records_processed_and_failed_cases_in_the_ledger(fragment, cxr, 
     assert sorted(p.name for p in (tmp_path / "1.2.3.4.6").iterdir()) == ["result.json"]
 
 
+def test_writer_threads_hold_at_most_max_in_flight_and_stop_finishes_every_write(fragment, cxr, tmp_path, monkeypatch):
+    """With a writer thread, compute returns before the files exist, never holds more than
+    ``max_in_flight`` results, one failing write costs only its case, and stop() leaves every case
+    written and recorded (the summary is written after it)."""
+    import threading
+
+    import operators.lib.case_outputs as case_outputs
+
+    gate = threading.Event()
+    original = case_outputs.write_processed
+    held = []
+
+    def slow(folder, final, *args):
+        gate.wait(timeout=30)
+        if final.case.case_id.endswith(".2"):
+            raise OSError(28, "No space left on device")
+        return original(folder, final, *args)
+
+    monkeypatch.setattr("operators.seg_writer_operator.write_processed", slow)
+    ledger = RunLedger()
+    writer = SegWriterOperator(fragment, output_folder=tmp_path, ledger=ledger, algorithm=ALGORITHM, model_versions=MODELS,
+                               writer_threads=1, max_in_flight=2, name="w_pool")
+    cases = [load_cxr(cxr.path, f"1.2.3.4.{k}") for k in range(4)]
+    for k in range(2):
+        writer.compute(_Port(final_result(cases[k], True)), None, None)
+        held.append(len(writer._in_flight))
+    assert held == [1, 2] and ledger.records == [] and not (tmp_path / cases[0].case_id).exists()  # nothing written yet
+    threading.Timer(0.5, gate.set).start()
+    for k in range(2, 4):
+        writer.compute(_Port(final_result(cases[k], True)), None, None)  # waits for the oldest write: memory stays bounded
+        assert len(writer._in_flight) <= 2
+    writer.stop()
+    assert not writer._in_flight
+    by_case = {r.case_id: r for r in ledger.records}
+    assert sorted(by_case) == [c.case_id for c in cases]
+    assert by_case["1.2.3.4.2"].outcome is Outcome.FAILED and "No space left" in by_case["1.2.3.4.2"].reason
+    for k in (0, 1, 3):
+        assert by_case[f"1.2.3.4.{k}"].outcome is Outcome.PROCESSED
+        assert (tmp_path / f"1.2.3.4.{k}" / "seg_probability.dcm").is_file()
+    assert not (tmp_path / "1.2.3.4.2").exists()
+
+
 def test_a_write_failure_fails_the_case_and_leaves_nothing(fragment, cxr, tmp_path, monkeypatch):
     import operators.lib.case_outputs as case_outputs
 
