@@ -182,18 +182,30 @@ class Viewer:
     def close(self) -> None:
         self.browser.quit()
 
-    def _wait(self, condition, what: str):
+    def _wait(self, condition, what: str, timeout_s: float | None = None):
         from selenium.common.exceptions import TimeoutException
         from selenium.webdriver.support.ui import WebDriverWait
 
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
-            return WebDriverWait(self.browser, self.timeout_s, poll_frequency=0.5).until(lambda _: condition())
+            return WebDriverWait(self.browser, timeout_s, poll_frequency=0.5).until(lambda _: condition())
         except TimeoutException:
             shot = self.screenshots / "timeout.png"
             self.browser.save_screenshot(str(shot))
             console = [f"{e['level']}: {e['message'][:300]}" for e in self.browser.get_log("browser")][-15:]
-            raise AssertionError(f"OHIF: {what} did not happen within {self.timeout_s:.0f}s ({shot}); page text: "
+            raise AssertionError(f"OHIF: {what} did not happen within {timeout_s:.0f}s ({shot}); page text: "
                                  f"{self.browser.find_element('tag name', 'body').text[:800]!r}; console: {console}") from None
+
+    def _wait_quietly(self, condition, seconds: float) -> bool:
+        """True when ``condition`` holds within ``seconds``, else False (no screenshot, no error)."""
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            WebDriverWait(self.browser, seconds, poll_frequency=0.5).until(lambda _: condition())
+            return True
+        except TimeoutException:
+            return False
 
     def _click_all(self, xpath: str) -> int:
         from selenium.webdriver.common.by import By
@@ -262,7 +274,14 @@ class Viewer:
         if panel:
             self._wait(lambda: self._click_when_free(f"[data-cy='{panel}-btn']"), f"a click on the {panel} button")
         for text in expect:
-            self._wait(lambda: text in browser.page_source, f"{text!r} on the page")
+            # OHIF 3.13's SR viewport sometimes paints the image before the report's annotations are
+            # mapped ("Measurement is preview, skipping") and never draws them; opening the series again
+            # (a second double-click, as a user would) sometimes draws them. Up to two such reopenings.
+            for _ in range(2):
+                if self._wait_quietly(lambda: text in browser.page_source, 20.0):
+                    break
+                ActionChains(browser).double_click(browser.find_elements(By.XPATH, xpath)[0]).perform()
+            self._wait(lambda: text in browser.page_source, f"{text!r} on the page", timeout_s=30.0)
         time.sleep(2)  # let the last overlay paint before the screenshot
         path = self.screenshots / f"{screenshot}.png"
         browser.save_screenshot(str(path))
