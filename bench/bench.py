@@ -70,10 +70,12 @@ def _rss_after_first_and_last(trace: list[tuple[float, int, int]]) -> list[float
     return [round(first[2] / 2**20, 1), round(live[-1][2] / 2**20, 1)]
 
 
-def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str, mirroring: bool, runtime: str = "torch") -> dict[str, Any]:
+def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str, mirroring: bool, runtime: str = "torch",
+            writer_threads: int = 1) -> dict[str, Any]:
     """Run ``python -m app`` once; cold start, per-study wall times, per-step medians, peak RSS."""
     command = [sys.executable, "-m", "app", "-i", str(inputs), "-o", str(output), "-m", str(models), "--preset", preset,
-               "--threads", str(threads), "-l", "WARN", "--runtime", "torch" if runtime == "torch" else "auto"]
+               "--threads", str(threads), "-l", "WARN", "--runtime", "torch" if runtime == "torch" else "auto",
+               "--writer-threads", str(writer_threads)]
     command += ["--mirroring"] if mirroring else []
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.perf_counter()
@@ -284,6 +286,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     row("peak RSS, MB", lambda r: r["app"]["peak_rss_mb"])
     row("RSS after first output → at end, MB", lambda r: " → ".join(str(v) for v in r["app"]["rss_mb_after_first_and_last"]))
     row("networks on ONNX Runtime", lambda r: sum(v == "onnxruntime" for v in r["app"]["model_runtimes"].values()))
+    row("writer threads", lambda r: r.get("writer_threads", 0))
     if "torch" in runs and "onnxruntime" in runs:
         t, o = runs["torch"], runs["onnxruntime"]
         lines += ["", f"ONNX Runtime vs torch, same run: warm per study {t['app']['warm_study_s_median'] / o['app']['warm_study_s_median']:.2f}× "
@@ -306,6 +309,8 @@ def to_markdown(report: dict[str, Any]) -> str:
                   f"{_diff(naive, lambda k: 'stock' in k)}, ONNX Runtime vs torch {_diff(naive, lambda k: 'onnx' in k)}; xrv score "
                   f"(xrv's skimage resize vs ours) {_diff(naive, lambda k: 'score' in k)}."]
     for name in names:
+        if "inline" in name:
+            continue  # same networks as the run before it
         app, bare = runs[name]["app"], runs[name]["bare_forward_s"]
         lines += ["", f"{name}: per step, median seconds per study:", "", "| step | s |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in app["steps_s_median"].items()]
@@ -328,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive-studies", type=int, default=2, help="studies run through the naive path (0 = skip)")
     parser.add_argument("--runtime", choices=["both", "torch", "onnxruntime"], default="both",
                         help="torch, onnxruntime (graphs exported as the MAP build does), or both side by side (default)")
+    parser.add_argument("--writer-threads", type=int, default=1, help="the app's --writer-threads (default 1)")
+    parser.add_argument("--also-inline-writer", action="store_true",
+                        help="add a run of the last runtime with --writer-threads 0, to measure the writer overlap")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     os.environ["nnUNet_def_n_proc"] = str(args.threads)  # the stock predictor's thread cap, as the app sets it
@@ -344,20 +352,26 @@ def main(argv: list[str] | None = None) -> None:
 
         models, profile = build_random_pack(CACHE / "random"), "random"
     runtimes = ["torch", "onnxruntime"] if args.runtime == "both" else [args.runtime]
+    plan = [(runtime, runtime, args.writer_threads) for runtime in runtimes]
+    if args.also_inline_writer:
+        plan.append((f"{runtimes[-1]}, writer inline", runtimes[-1], 0))
     runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as temporary:
         work = Path(temporary)
         studies = make_studies(chest_sources(), args.studies, work / "in")
         graphs = with_graphs(models, work / "graphs" / models.name) if "onnxruntime" in runtimes else None
-        for runtime in runtimes:
+        bare_by_runtime: dict[str, dict[str, float]] = {}
+        for label, runtime, writer_threads in plan:
             pack = models if runtime == "torch" else graphs
-            print(f"Running the app on {len(studies)} studies with {profile} models on {runtime}…", flush=True)
-            app = run_app(pack, work / "in", work / f"out_{runtime}", args.threads, args.preset, args.mirroring, runtime)
-            print(f"Timing bare forward passes on {runtime}…", flush=True)
-            bare = bare_forwards(pack, args.threads, args.repeats, args.mirroring, runtime)
+            print(f"Running the app on {len(studies)} studies with {profile} models: {label}…", flush=True)
+            app = run_app(pack, work / "in", work / f"out_{len(runs)}", args.threads, args.preset, args.mirroring, runtime, writer_threads)
+            if runtime not in bare_by_runtime:
+                print(f"Timing bare forward passes on {runtime}…", flush=True)
+                bare_by_runtime[runtime] = bare_forwards(pack, args.threads, args.repeats, args.mirroring, runtime)
+            bare = bare_by_runtime[runtime]
             bare_sum = sum(v for k, v in bare.items() if k != "refinement") + bare.get("refinement", 0) * app["refined_crops_median"]
-            runs[runtime] = {"app": app, "bare_forward_s": bare, "bare_sum_per_study_s": round(bare_sum, 3),
-                             "overhead_ratio": round(app["warm_study_s_median"] / bare_sum, 3) if app["warm_study_s_median"] else None}
+            runs[label] = {"app": app, "writer_threads": writer_threads, "bare_forward_s": bare, "bare_sum_per_study_s": round(bare_sum, 3),
+                           "overhead_ratio": round(app["warm_study_s_median"] / bare_sum, 3) if app["warm_study_s_median"] else None}
         naive = naive_path(models, studies[: args.naive_studies], work / "naive", args.threads, graphs) if args.naive_studies else None
     report = {
         "profile": profile, "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "preset": args.preset,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.export_graphs import DEFAULT_TOLERANCE, export_graphs, main, remove_graphs
+from app.export_graphs import DEFAULT_TOLERANCE, export_graphs, main
 from app.model_store import MANIFEST_NAME, load_models, read_manifest, sha256_of
 from operators.lib.dicom_input import load_cxr
 from operators.lib.errors import ModelFolderError
