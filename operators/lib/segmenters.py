@@ -192,6 +192,7 @@ class NnUNetSegmenter:
 
     def use_graph(self, network: torch.nn.Module) -> None:
         self.predictor.network = network
+        self.predictor.list_of_parameters = [{}]  # the fold's state dict is in the graph now: do not hold it twice
 
 
 def import_xrv():
