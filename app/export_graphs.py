@@ -70,7 +70,10 @@ def remove_graphs(folder: Path) -> None:
     for name, entry in data["models"].items():
         graph = (entry.pop("graphs", None) or {}).get("onnx")
         if graph:
-            (Path(folder) / name / str(graph["file"])).unlink(missing_ok=True)
+            model_folder = (Path(folder) / name).resolve()
+            path = (model_folder / str(graph["file"])).resolve()
+            if path.is_relative_to(model_folder):  # never delete outside the model's folder, whatever the manifest says
+                path.unlink(missing_ok=True)
     write_json_atomically(data, manifest_path)
 
 
