@@ -13,8 +13,8 @@ import logging
 import os
 import signal
 import sys
-import threading
 import tempfile
+import threading
 import time
 from pathlib import Path
 
