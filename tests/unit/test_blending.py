@@ -129,3 +129,15 @@ def test_dilation_by_distance_equals_dilation_by_a_disc_structure():
         expected = ndimage.binary_dilation(mask, structure=x * x + y * y <= radius * radius)
         np.testing.assert_array_equal(dilate_mask(mask, radius), expected)
     assert not dilate_mask(np.zeros((5, 5), bool), 3).any()
+
+
+def test_weighted_blend_and_gate_refuse_mismatched_inputs_and_clip():
+    """The argument checks (each a survivor of the last mutation run) and the clip to [0, 1]."""
+    with pytest.raises(ValueError, match="2 maps need 2 weights; got 3"):
+        weighted_blend([np.zeros((1, 1))] * 2, [0.5, 0.25, 0.25])
+    with pytest.raises(ValueError, match="sum to 0.999000"):
+        weighted_blend([np.zeros((1, 1))] * 2, [0.5, 0.499])
+    assert weighted_blend([np.ones((1, 1))] * 2, [0.5, 0.5 + 5e-7]).max() == 1.0  # within tolerance, clipped
+    with pytest.raises(ValueError, match="at least one score"):
+        gate_is_positive([], 0.5)
+    assert gate_is_positive([0.5], 0.5) == (True, 0.5)  # at the threshold is positive

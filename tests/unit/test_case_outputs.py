@@ -282,3 +282,21 @@ def test_case_folder_names_are_safe_and_unique(tmp_path):
     assert name.startswith("case-") and len(name) == 17 and "not a valid UID" in warning
     assert case_folder_name(".x.partial", tmp_path / "c.dcm", taken)[0] == name + "_2"
     assert set(taken) == {"1.2.3", "1.2.3_2", name, name + "_2"}
+
+
+def test_clean_up_leaves_what_a_live_run_is_writing_and_staging_is_hidden_and_readable(tmp_path):
+    import subprocess
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / f".a.{other.pid}.x1.partial").mkdir()  # another live run's staging folder
+        (tmp_path / f".b.old-{other.pid}").mkdir()
+        assert clean_stale_staging(tmp_path) == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f".a.{other.pid}.x1.partial", f".b.old-{other.pid}"]
+    finally:
+        other.kill()
+        other.wait()
+    staging = staging_folder(tmp_path / "out", "1.2.3")
+    assert staging.parent == tmp_path / "out" and staging.name.startswith(f".1.2.3.{os.getpid()}.") and staging.name.endswith(".partial")
+    assert staging.stat().st_mode & 0o777 == 0o755
