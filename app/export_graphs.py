@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from app.model_store import MANIFEST_NAME, load_models, sha256_of
+from app.model_store import MANIFEST_NAME, load_models, resolves_inside, sha256_of
 from operators.lib.atomic_file import write_json_atomically
 from operators.lib.errors import ModelFolderError
 from operators.lib.onnx_graphs import GRAPH_FILE, OPSET, GraphEntry, export_graph, max_abs_diff, open_session
@@ -70,9 +70,8 @@ def remove_graphs(folder: Path) -> None:
     for name, entry in data["models"].items():
         graph = (entry.pop("graphs", None) or {}).get("onnx")
         if graph:
-            model_folder = (Path(folder) / name).resolve()
-            path = (model_folder / str(graph["file"])).resolve()
-            if path.is_relative_to(model_folder):  # never delete outside the model's folder, whatever the manifest says
+            path = Path(folder) / name / str(graph["file"])
+            if resolves_inside(path, Path(folder) / name):  # never delete outside the model's folder, whatever the manifest says
                 path.unlink(missing_ok=True)
     write_json_atomically(data, manifest_path)
 

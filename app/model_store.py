@@ -144,6 +144,11 @@ def _inside_folder(relative: str) -> bool:
     return bool(relative) and not path.is_absolute() and ".." not in path.parts and not relative.startswith(("/", "\\"))
 
 
+def resolves_inside(path: Path, folder: Path) -> bool:
+    """True when ``path``, links followed, is ``folder`` or lies under it (a manifest cannot point outside)."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
 def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -202,7 +207,7 @@ def verify_files(manifest: Manifest) -> None:
         root = (manifest.folder / card.name).resolve()
         for relative, expected in card.files.items():
             path = manifest.folder / card.name / relative
-            if not path.resolve().is_relative_to(root):
+            if not resolves_inside(path, root):
                 raise ModelFolderError(f"{path}: resolves outside the model folder {root} (a link?); refusing to load it.")
             if not path.is_file():
                 raise ModelFolderError(f"{path}: missing; model {card.name!r} lists it in {MANIFEST_NAME}. Re-copy the model folder.")
@@ -252,8 +257,7 @@ def use_verified_graph(card: ModelCard, wrapper: Any, folder: Path, threads: int
     if card.graph is None or not hasattr(wrapper, "use_graph"):
         return TORCH
     path = folder / card.graph.file
-    root = folder.resolve()
-    if not path.resolve().is_relative_to(root) or not path.is_file():
+    if not resolves_inside(path, folder) or not path.is_file():
         logger.warning("%s: the ONNX graph listed in %s is missing (or outside the folder); %s runs on torch.", path, MANIFEST_NAME, card.name)
         return TORCH
     if sha256_of(path) != card.graph.sha256:
