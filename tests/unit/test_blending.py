@@ -141,3 +141,48 @@ def test_weighted_blend_and_gate_refuse_mismatched_inputs_and_clip():
     with pytest.raises(ValueError, match="at least one score"):
         gate_is_positive([], 0.5)
     assert gate_is_positive([0.5], 0.5) == (True, 0.5)  # at the threshold is positive
+
+
+def test_a_single_map_blends_to_its_own_zones_or_itself():
+    one = np.array([[0.2, 0.7]], np.float32)
+    np.testing.assert_array_equal(zones_blend([one], (0.1, 0.9)), [[np.float32(0.1), np.float32(0.9)]])
+    np.testing.assert_array_equal(weighted_blend([one], [1.0]), one)
+
+
+def test_weighted_blend_is_float32_in_0_1_whatever_the_inputs():
+    """float32 arithmetic (a float64 map gives what its float32 copy gives), negative weights clipped at 0,
+    and weights summing to 1 within float32 rounding (1 + 1.05e-5: rtol 1e-5 plus atol 1e-6) accepted."""
+    rng = np.random.default_rng(1)
+    maps = [rng.random((8, 8)), rng.random((8, 8))]
+    weights = [0.3, 0.7]
+    out = weighted_blend(maps, weights)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, weighted_blend([m.astype(np.float32) for m in maps], weights))
+    low = weighted_blend([np.zeros((1, 2)), np.array([[1.0, 0.0]])], [2.0, -1.0])
+    np.testing.assert_array_equal(low, [[0.0, 0.0]])
+    assert weighted_blend([np.full((1, 1), 0.5)] * 2, [0.5, 0.5 + 1.05e-5])[0, 0] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_gate_mean_is_taken_in_float64():
+    scores = np.array([0.1, 0.2, 0.7, 0.35], np.float32)
+    positive, mean = gate_is_positive(scores, 0.5)
+    assert mean == float(np.mean(scores.astype(np.float64)))
+
+
+def test_distance_to_mask_is_float32_and_infinite_for_an_empty_mask():
+    from operators.lib.blending import distance_to_mask
+
+    empty = distance_to_mask(np.zeros((3, 4), bool))
+    assert empty.dtype == np.float32 and np.isposinf(empty).all()
+    point = np.zeros((3, 4), np.uint8)  # a 0/1 mask of another dtype means the same pixels
+    point[1, 1] = 1
+    distance = distance_to_mask(point)
+    assert distance.dtype == np.float32
+    np.testing.assert_array_equal(distance, distance_to_mask(point.astype(bool)))
+    assert distance[1, 1] == 0.0 and distance[1, 3] == 2.0
+
+
+def test_lung_postprocess_returns_float32():
+    out = lung_postprocess(np.zeros((2, 2), np.float64), np.eye(2, dtype=bool), [LungPass(0, 0.3)], background=0.05)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.where(np.eye(2, dtype=bool), np.float32(0.3), np.float32(0.05)))

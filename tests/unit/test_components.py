@@ -60,3 +60,29 @@ def test_thresholds_are_inclusive_and_single_pixels_count():
     single[4, 1] = True
     assert [b.as_list() for b in component_boxes(single, 3)] == [[4, 1, 5, 2]]
     assert component_boxes(np.zeros((6, 6), bool), 3) == []
+
+
+def test_components_are_eight_connected_and_ties_keep_label_order():
+    """Diagonal neighbours are one component; among equal areas the first in raster order wins the
+    last place (more than 16 components: numpy's default sort is not stable there)."""
+    diagonal = np.zeros((4, 4), bool)
+    diagonal[0, 0] = diagonal[1, 1] = diagonal[2, 2] = True
+    assert component_boxes(diagonal, 5) == [Box(0, 0, 3, 3)]
+    row = np.zeros((1, 60), bool)
+    for k in range(20):  # left to right: 1 px, 2 px, 1 px, 2 px, …
+        row[0, 3 * k : 3 * k + 1 + k % 2] = True
+    boxes = component_boxes(row, max_components=11)
+    assert boxes == [Box(0, 3 * k, 1, 3 * k + 2) for k in range(1, 20, 2)] + [Box(0, 0, 1, 1)]
+
+
+def test_pad_box_wider_than_the_image_is_the_whole_image():
+    assert pad_box(Box(0, 0, 100, 80), (100, 80), pad_fraction=0.5, min_side_px=0) == Box(0, 0, 100, 80)
+    assert pad_box(Box(40, 10, 60, 70), (100, 80), pad_fraction=1.0, min_side_px=0) == Box(20, 0, 80, 80)
+
+
+def test_pasted_crops_are_float32_probabilities_whatever_the_model_returns():
+    image = np.zeros((40, 40), dtype=np.float32)
+    refined = refine_regions(image, [Box(0, 0, 20, 20), Box(20, 20, 40, 40)],
+                             predict_crop=lambda crop: np.full(crop.shape, 1.5, np.float32), crop_size_px=16)
+    assert refined.dtype == np.float32
+    assert refined[:20, :20].min() == refined[20:, 20:].max() == 1.0 and refined[:20, 20:].max() == 0.0
