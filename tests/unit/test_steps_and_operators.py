@@ -171,7 +171,7 @@ class _Model:
     """A model stand-in that records what it is given (the step's inputs are what is under test)."""
 
     def __init__(self, name: str, size: int, value: float = 0.8):
-        self.name, self.input_size_px, self.value, self.calls = name, size, value, []
+        self.name, self.input_size_px, self.value, self.calls, self.images = name, size, value, [], []
 
     def predict_square(self, square: np.ndarray) -> np.ndarray:
         self.calls.append(square.shape)
@@ -180,6 +180,7 @@ class _Model:
         return out
 
     def predict(self, image: np.ndarray) -> float:
+        self.images.append(image)
         return 0.3
 
 
@@ -283,3 +284,96 @@ def test_steps_of_different_images_are_refused_as_a_wiring_bug(fragment):
     BlendOperator(fragment, settings=settings_for("zones"), name="blend_w").compute(ports, ports, None)
     failure = ports.emitted["final"]
     assert isinstance(failure, StepFailure) and failure.step == "blend" and "different images" in failure.message
+
+
+def test_refinement_boxes_follow_the_presets_threshold_cap_minimum_area_and_crop_size():
+    """One expert map (a valid input) at 0.4: marked under a 0.3 mask threshold; a 4-px component is below
+    the minimum area (0.1 % of 100×100); every crop is at least 30 % of the shorter side; the cap keeps the
+    largest."""
+    from operators.lib.components import Box
+    from operators.lib.steps import refinement_boxes
+
+    prob = np.zeros((100, 100), np.float32)
+    prob[10:30, 10:30] = prob[60:70, 60:70] = prob[85:90, 10:15] = prob[50:52, 90:92] = 0.4
+    preset = get_preset("zones", mask_threshold=0.3, max_components=8, min_component_fraction=0.001, crop_pad_fraction=0.0,
+                        min_crop_fraction=0.3)
+    assert refinement_boxes([prob], preset) == [Box(5, 5, 35, 35), Box(50, 50, 80, 80), Box(70, 0, 100, 30)]
+    assert refinement_boxes([prob, np.zeros_like(prob)], get_preset("zones", mask_threshold=0.3, max_components=2,
+                            min_component_fraction=0.001, crop_pad_fraction=0.0, min_crop_fraction=0.3)) == [Box(5, 5, 35, 35), Box(50, 50, 80, 80)]
+
+
+def test_zones_votes_use_the_presets_mask_threshold(fragment):
+    """At a 0.65 mask threshold the first band (0.6 in one map) gets no vote; the others keep theirs."""
+    final, _ = blend(fragment, "zones", positive=True, mask_threshold=0.65)
+    prior = get_preset("zones").lung_prior
+    near, wide = prior_regions("zones")
+    votes = np.zeros((H, W), int)
+    for k in range(2, 5):
+        votes[:, 16 * k : 16 * k + 16] = k
+    floor = np.where(near, prior.lung_value_positive, np.where(wide, prior.lung_value_negative, prior.background_positive))
+    np.testing.assert_allclose(final.prob_map, np.maximum(np.asarray(ZONES, np.float32)[votes], floor), atol=1e-6)
+
+
+def test_each_result_carries_its_case_model_inputs_and_own_time(fragment):
+    """What the report is made of: the image and model behind each result, the refinement's gate, the
+    final result's lung mask, and each step's seconds within the call's wall time (0 for a skipped
+    refinement); and each operator keeps the name it was given."""
+    import time
+
+    cxr = case()
+
+    def timed(call):
+        started = time.perf_counter()
+        result = call()
+        return result, time.perf_counter() - started
+
+    expert_model, classifier_model = _Model("fpn", 40), _Model("clf", 224)
+    expert_op = SegmentationExpertOperator(fragment, model=expert_model, score=ScoreCalibration(), name="expert_t")
+    expert, elapsed = timed(lambda: expert_op.run(cxr))
+    assert expert.case is cxr and expert.model_name == "fpn" and 0 < expert.seconds <= elapsed
+    classifier_op = OpacityClassifierOperator(fragment, model=classifier_model, score=ScoreCalibration(), name="classifier_t")
+    classifier, elapsed = timed(lambda: classifier_op.run(cxr))
+    assert classifier.case is cxr and classifier.model_name == "clf" and 0 < classifier.seconds <= elapsed
+    assert len(classifier_model.images) == 1 and classifier_model.images[0] is cxr.pixels
+    refine_op = RefinementOperator(fragment, model=_Model(REFINE, 32), preset=get_preset("zones"), name="refine_t")
+    positive = gate_decision(True)
+    refinement, elapsed = timed(lambda: refine_op.refine(positive))
+    assert refinement.gate is positive and refinement.model_name == REFINE and 0 < refinement.seconds <= elapsed
+    negative = gate_decision(False)
+    skipped = refine_op.refine(negative)
+    assert skipped.gate is negative and skipped.model_name == REFINE and skipped.seconds == 0.0
+    lung = LungResult(positive.case, "lung", lung_mask(), 0.0)
+    blend_op = BlendOperator(fragment, settings=settings_for("zones"), name="blend_t")
+    final, elapsed = timed(lambda: blend_op.blend(refinement, lung))
+    assert final.lung is lung and final.refinement is refinement and 0 < final.seconds <= elapsed
+    gate_op = OpacityGateOperator(fragment, threshold=GATE_THRESHOLD, name="gate_t")
+    assert [op.name for op in (expert_op, classifier_op, refine_op, blend_op, gate_op)] == \
+        ["expert_t", "classifier_t", "refine_t", "blend_t", "gate_t"]
+
+
+def test_gate_refuses_scores_of_different_images_as_a_gate_failure(fragment):
+    cxr = case()
+    other = CxrImage("9.9.9", Path("y.dcm"), pydicom.Dataset(), np.zeros((H, W), np.float32))
+    operator = OpacityGateOperator(fragment, threshold=GATE_THRESHOLD, name="gate_w")
+    experts = [ExpertResult(cxr, name, np.zeros((H, W), np.float32), 0.5, 0.0) for name in EXPERTS]
+    for classifier, expert_list in ((ClassifierResult(other, "clf", 0.5, 0.0), experts),
+                                    (ClassifierResult(cxr, "clf", 0.5, 0.0), experts[:2] + [ExpertResult(other, "x", experts[0].prob_map, 0.5, 0.0)])):
+        failure = operator.decide(classifier, expert_list)
+        assert isinstance(failure, StepFailure) and failure.step == "gate" and failure.case is classifier.case
+        assert "different images" in failure.message
+
+
+def test_a_crashing_refinement_or_a_lung_failure_is_this_images_failure(fragment):
+    gate = gate_decision(True)
+    broken = _Model(REFINE, 32)
+    broken.predict_square = lambda square: (_ for _ in ()).throw(RuntimeError("refine crash"))
+    ports = Ports(gate=gate)
+    RefinementOperator(fragment, model=broken, preset=get_preset("zones"), name="refine_x").compute(ports, ports, None)
+    failure = ports.emitted["refinement"]
+    assert isinstance(failure, StepFailure) and failure.step == f"refinement:{REFINE}" and failure.case is gate.case
+    assert "RuntimeError: refine crash" in failure.message
+    lung_failure = StepFailure(gate.case, "lung:lung", "boom")
+    refinement = RefinementResult(gate, REFINE, vote_maps()[REFINE], (), 0.0)
+    blend_ports = Ports(refinement=refinement, lung_result=lung_failure)
+    BlendOperator(fragment, settings=settings_for("zones"), name="blend_x").compute(blend_ports, blend_ports, None)
+    assert blend_ports.emitted["final"] is lung_failure
