@@ -23,6 +23,11 @@ command -v jq >/dev/null 2>&1 || pkgs="$pkgs jq"
 [ -x /usr/bin/chromium ] || pkgs="$pkgs chromium"
 [ -x /usr/bin/chromedriver ] || pkgs="$pkgs chromium-driver"
 command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
+# the MAP image (deploy/build_image.py, tests/deploy/test_map_image.py): podman with runc, and
+# debootstrap for the local base image that stands in for the packager's unreachable one
+command -v podman >/dev/null 2>&1 || pkgs="$pkgs podman buildah"
+command -v runc >/dev/null 2>&1 || pkgs="$pkgs runc"
+command -v debootstrap >/dev/null 2>&1 || pkgs="$pkgs debootstrap"
 if [ -n "$pkgs" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq

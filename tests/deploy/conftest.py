@@ -45,3 +45,31 @@ def orthanc_factory(tmp_path_factory):
     yield start
     for server in started:
         server.stop()
+
+
+#: Why the container tests skip where no engine is installed (a prefix tests/conftest.py's ALLOWED_SKIPS accepts).
+NO_ENGINE = "needs a container engine (podman or docker; tools/setup.sh installs podman where it has root and apt-get)"
+
+
+@pytest.fixture(scope="session")
+def container_engine():
+    """podman (runc, cgroupfs) or docker; skip where neither is installed, fail where one is but cannot run."""
+    from deploy.build_image import engine_unavailable_reason, find_engine
+
+    engine = find_engine()
+    if engine is None:
+        pytest.skip(NO_ENGINE)
+    reason = engine_unavailable_reason(engine)
+    assert reason is None, reason  # installed but broken: a failure, not a quiet skip
+    return engine
+
+
+@pytest.fixture(scope="session")
+def map_image(container_engine, deploy_models, tmp_path_factory) -> dict:
+    """The MAP image built once per run by ``deploy.build_image`` (the engine's layer cache makes a rebuild
+    with unchanged requirements take the app layers only); its record, plus ``context`` (the build context)."""
+    from deploy.build_image import build_image
+
+    context = tmp_path_factory.mktemp("map_image") / "context"
+    record = build_image(context, deploy_models, engine=container_engine)
+    return {**record, "context": context}

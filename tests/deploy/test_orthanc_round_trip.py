@@ -39,17 +39,26 @@ def _tail(path: Path, chars: int = 4000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
-@pytest.fixture(scope="module")
-def round_trip(orthanc_factory, deploy_models, two_studies, tmp_path_factory):
-    """Run the whole round trip once; yield what the checks need, then stop the listener."""
+@pytest.fixture(scope="module", params=["checkout", "image"])
+def round_trip(request, orthanc_factory, deploy_models, two_studies, tmp_path_factory):
+    """Run the whole round trip once per app command; yield what the checks need, then stop the listener.
+
+    ``checkout``: the listener's default app command (``python -m app`` from this checkout). ``image``:
+    ``--app-command`` runs the MAP image per study (``deploy.run_image``, as a platform runs it, with
+    the models baked into the image); skipped, saying so, where no container engine is installed.
+    """
     listener_port = free_port()
+    app_command = []
+    if request.param == "image":
+        image = request.getfixturevalue("map_image")["image"]
+        app_command = ["--app-command", f"{sys.executable} -m deploy.run_image --image {image} {{input}} {{output}}"]
     orthanc = orthanc_factory({"cxr": (LISTENER_AE, listener_port)})
     folder = tmp_path_factory.mktemp("listener")
     spool, log_path = folder / "spool", folder / "listener.log"
     command = [sys.executable, "-m", "deploy.listener", "--models", str(deploy_models), "--spool", str(spool),
                "--allow", ORTHANC_AE, "--destination", f"{ORTHANC_AE}@127.0.0.1:{orthanc.dicom_port}",
                "--ae-title", LISTENER_AE, "--port", str(listener_port),
-               "--idle-seconds", "3", "--poll-seconds", "0.5", "--retry-seconds", "5"]
+               "--idle-seconds", "3", "--poll-seconds", "0.5", "--retry-seconds", "5", *app_command]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with open(log_path, "wb") as log:
         listener = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env)
@@ -80,12 +89,14 @@ def round_trip(orthanc_factory, deploy_models, two_studies, tmp_path_factory):
             spool_empty = not any((spool / "jobs").iterdir()) and not any((spool / "incoming").iterdir())
             if all(count >= 3 for count in seg_counts) and spool_empty:
                 break
+            # an empty spool means every job is done: results missing then will not come
+            assert not spool_empty, f"spool done but results missing: {seg_counts}\n" + _tail(log_path)
             assert listener.poll() is None, "listener exited:\n" + _tail(log_path)
             assert time.monotonic() < deadline, f"results not in Orthanc after {RESULTS_TIMEOUT_S}s: {seg_counts}\n" + _tail(log_path)
             time.sleep(2)
         elapsed = time.monotonic() - started
         yield {"orthanc": orthanc, "studies": studies, "found": found, "spool": spool, "elapsed": elapsed,
-               "listener_port": listener_port, "log": log_path, "listener": listener}
+               "listener_port": listener_port, "log": log_path, "listener": listener, "app": request.param}
     finally:
         if listener.poll() is None:
             listener.send_signal(signal.SIGTERM)
@@ -168,3 +179,12 @@ def test_listener_rejects_unknown_callers(round_trip, calling, called):
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def test_each_study_ran_through_the_app_command_chosen(round_trip):
+    """The image variant really ran the MAP's entrypoint per study (its log line), the checkout variant did not."""
+    logs = sorted((round_trip["spool"] / "logs").glob("*.log"))
+    assert len(logs) == len(round_trip["studies"]), [p.name for p in logs]
+    for log in logs:
+        launched = "Launching application python3 /opt/holoscan/app" in log.read_text(errors="replace")
+        assert launched == (round_trip["app"] == "image"), log.read_text(errors="replace")[-2000:]
