@@ -52,7 +52,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from operators.lib.source_header import drop_invalid_copied_values, nominal_geometry, prepare_source
-from operators.lib.uids import frame_of_reference_uid, result_uids
+from operators.lib.uids import frame_of_reference_uid, result_uids, tracking_uid
 
 #: Segmented property type of the opacity segment (DCM 112001 "Opacity").
 OPACITY_CODE: Code = codes.DCM.Opacity
@@ -161,7 +161,7 @@ def _colour(rgb: tuple[int, int, int]) -> hd.color.CIELabColor:
     return hd.color.CIELabColor.from_rgb(*rgb)
 
 
-def _opacity_description(algorithm: AlgorithmInfo, number: int = 1, label: str = "Opacity",
+def _opacity_description(algorithm: AlgorithmInfo, key: str, number: int = 1, label: str = "Opacity",
                          rgb: tuple[int, int, int] = OPACITY_RGB, tracking_id: str = "Lung opacity") -> SegmentDescription:
     return SegmentDescription(
         segment_number=number,
@@ -170,14 +170,14 @@ def _opacity_description(algorithm: AlgorithmInfo, number: int = 1, label: str =
         segmented_property_type=OPACITY_CODE,
         algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=_algorithm_identification(algorithm),
-        tracking_uid=hd.UID(),
+        tracking_uid=tracking_uid(key, algorithm.version, algorithm.preset, tracking_id),
         tracking_id=tracking_id,
         anatomic_regions=[LUNG_CODE],
         display_color=_colour(rgb),
     )
 
 
-def _lung_description(algorithm: AlgorithmInfo) -> SegmentDescription:
+def _lung_description(algorithm: AlgorithmInfo, key: str) -> SegmentDescription:
     return SegmentDescription(
         segment_number=2,
         segment_label="Lung",
@@ -185,7 +185,7 @@ def _lung_description(algorithm: AlgorithmInfo) -> SegmentDescription:
         segmented_property_type=LUNG_CODE,
         algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=_algorithm_identification(algorithm),
-        tracking_uid=hd.UID(),
+        tracking_uid=tracking_uid(key, algorithm.version, algorithm.preset, "Lung field"),
         tracking_id="Lung field",
         display_color=_colour(LUNG_RGB),
     )
@@ -295,7 +295,7 @@ def build_probability_seg(
         source,
         pixel_array,
         SegmentationTypeValues.FRACTIONAL,
-        [_opacity_description(algorithm)],
+        [_opacity_description(algorithm, source_key or str(source.SOPInstanceUID))],
         algorithm,
         kind="Opacity probability",
         content_description="Lung opacity probability",
@@ -342,10 +342,11 @@ def build_binary_seg(
         When a mask's shape does not match the source.
     """
     masks = [np.asarray(opacity_mask)]
-    descriptions = [_opacity_description(algorithm)]
+    key = source_key or str(source.SOPInstanceUID)
+    descriptions = [_opacity_description(algorithm, key)]
     if lung_mask is not None:
         masks.append(np.asarray(lung_mask))
-        descriptions.append(_lung_description(algorithm))
+        descriptions.append(_lung_description(algorithm, key))
     for name, mask in zip(("opacity_mask", "lung_mask"), masks):
         _check_frame_shape(source, mask, name)
     pixel_array = np.stack([mask.astype(bool) for mask in masks], axis=-1)
@@ -386,7 +387,8 @@ def build_band_seg(
     no segment. Returns the SEG, in the source's study, in a new series, one frame per band.
     """
     prob_map = _checked_probability(source, prob_map)
-    descriptions = [_opacity_description(algorithm, number, label, rgb, tracking_id=label)
+    key = source_key or str(source.SOPInstanceUID)
+    descriptions = [_opacity_description(algorithm, key, number, label, rgb, tracking_id=label)
                     for number, (label, _, _, rgb) in enumerate(PROBABILITY_BANDS, start=1)]
     pixel_array = probability_bands(prob_map)[np.newaxis].astype(np.uint8)
     return _build(

@@ -51,7 +51,7 @@ from pydicom.uid import SegmentationStorage, generate_uid
 from operators.lib.components import Box, component_boxes
 from operators.lib.seg_output import LUNG_CODE, OPACITY_CATEGORY_CODE, OPACITY_CODE, AlgorithmInfo, series_description
 from operators.lib.source_header import drop_invalid_copied_values, prepare_source
-from operators.lib.uids import result_uids
+from operators.lib.uids import result_uids, tracking_uid
 
 #: Procedure reported (SCT 399208008 "Plain chest X-ray").
 PROCEDURE_CODE = Code("399208008", "SCT", "Plain chest X-ray")
@@ -176,11 +176,12 @@ def _probability(value: float, algorithm_id: hd.sr.AlgorithmIdentification,
                              referenced_coordinates=[rectangle])
 
 
-def _group(tracking_id: str, rectangle: hd.sr.CoordinatesForMeasurement, probability: float, opacity: Code, site: Code,
+def _group(tracking: tuple[str, str], rectangle: hd.sr.CoordinatesForMeasurement, probability: float, opacity: Code, site: Code,
            algorithm_id: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """One TID 1501 group: the probability on ``rectangle``, the opacity evaluation, the finding site."""
+    """One TID 1501 group: the probability on ``rectangle``, the opacity evaluation, the finding site.
+    ``tracking``: the group's (Tracking UID, Tracking Identifier)."""
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=tracking_id),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[0], identifier=tracking[1]),
         finding_type=OPACITY_CODE,
         finding_category=OPACITY_CATEGORY_CODE,
         finding_sites=[hd.sr.FindingSite(site)],
@@ -250,12 +251,17 @@ def build_opacity_sr(
     opacity_segment_number(seg)
     algorithm_id = _algorithm_id(algorithm, float(threshold))
     lungs = lungs or Box(0, 0, int(source.Rows), int(source.Columns))
-    score_group = _group(SCORE_TRACKING_ID, _rectangle(lungs, source, "The lung box"), opacity_score,
+    key = source_key or str(source.SOPInstanceUID)
+
+    def tracking(identifier: str) -> tuple[str, str]:
+        return tracking_uid(key, algorithm.version, algorithm.preset, identifier), identifier
+
+    score_group = _group(tracking(SCORE_TRACKING_ID), _rectangle(lungs, source, "The lung box"), opacity_score,
                          PRESENT_CODE if positive else ABSENT_CODE, LUNG_CODE, algorithm_id)
     region_groups = []
     for n, region in enumerate(regions, start=1):
         _check_unit_interval(f"region {n} mean probability", region.mean_probability)
-        region_groups.append(_group(REGION_TRACKING_ID.format(n=n), _rectangle(region.box, source, f"Region {n}"),
+        region_groups.append(_group(tracking(REGION_TRACKING_ID.format(n=n)), _rectangle(region.box, source, f"Region {n}"),
                                     region.mean_probability, PRESENT_CODE, LUNG_CODE if region.in_lung else OUTSIDE_LUNG_CODE,
                                     algorithm_id))
     report = hd.sr.MeasurementReport(
@@ -264,7 +270,7 @@ def build_opacity_sr(
         imaging_measurements=[score_group, *region_groups],
     )
     prepared = prepare_source(source)
-    series_uid, instance_uid = result_uids(source_key or str(source.SOPInstanceUID), algorithm.version, algorithm.preset, "sr")
+    series_uid, instance_uid = result_uids(key, algorithm.version, algorithm.preset, "sr")
     sr = hd.sr.Comprehensive3DSR(
         evidence=[prepared, seg],
         content=report,

@@ -30,3 +30,9 @@ def result_uids(source_key: str, version: str, preset: str, kind: str) -> tuple[
 def frame_of_reference_uid(source_key: str) -> str:
     """The nominal frame of reference shared by every overlay of one source image."""
     return derived_uid(source_key, "frame-of-reference")
+
+
+def tracking_uid(source_key: str, version: str, preset: str, tracking_id: str) -> str:
+    """The Tracking UID of the finding ``tracking_id`` of one source (SEG segments, SR groups): the same
+    finding in a rerun, or in another object of the same run, gets the same UID."""
+    return derived_uid(source_key, version, preset, "tracking", tracking_id)

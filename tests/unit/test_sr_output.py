@@ -199,3 +199,27 @@ def test_sr_refuses_a_seg_of_another_image(dicom_dir):
     seg = build_binary_seg(rsna, np.zeros((rsna.Rows, rsna.Columns), bool), None, ALGORITHM)
     with pytest.raises(ValueError, match="study"):
         build_opacity_sr(nih, seg, 0.5, True, 0.5, ALGORITHM)
+
+
+def test_tracking_uids_are_derived_so_a_rerun_writes_the_same_objects(dicom_dir):
+    """SR groups and SEG segments carry Tracking UIDs derived from the case and the finding: a rerun
+    gives identical content (the MAP image and the checkout are compared that way); another case or
+    another finding gets a different UID."""
+    from operators.lib.uids import tracking_uid
+
+    source = read_header(next(dicom_dir.glob("misc/nih_*.dcm")))
+    mask = np.zeros((source.Rows, source.Columns), bool)
+    mask[10:50, 10:50] = True
+
+    def build(key):
+        seg = build_binary_seg(source, mask, mask, ALGORITHM, source_key=key)
+        sr = build_opacity_sr(source, seg, 0.7, True, 0.5, ALGORITHM, regions=[Region(Box(10, 10, 50, 50), 0.8, True)], source_key=key)
+        sr_uids = [group.tracking_uid for group in hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()]
+        seg_uids = [d.TrackingUID for d in seg.SegmentSequence]
+        return seg_uids, sr_uids
+
+    first, again, other = build("case-a"), build("case-a"), build("case-b")
+    assert first == again
+    assert len(set(first[0] + first[1])) == 4  # opacity and lung segments, score and region groups
+    assert not set(first[0] + first[1]) & set(other[0] + other[1])
+    assert first[0][0] == tracking_uid("case-a", ALGORITHM.version, ALGORITHM.preset, "Lung opacity")
