@@ -186,3 +186,16 @@ def test_lung_postprocess_returns_float32():
     out = lung_postprocess(np.zeros((2, 2), np.float64), np.eye(2, dtype=bool), [LungPass(0, 0.3)], background=0.05)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, np.where(np.eye(2, dtype=bool), np.float32(0.3), np.float32(0.05)))
+
+
+def test_score_calibration_edges():
+    """Only a fitted map (slope and intercept) is applied; z is clamped to ±60 (the floor is σ(−60), not
+    less); a map is read as float32, as the models give it (a float64 value rounding to the threshold counts)."""
+    import math
+
+    assert ScoreCalibration(ScoreFeature.AREA, 0.5, slope=2.0).probability(0.3) == 0.3  # no intercept: the raw feature
+    fitted = ScoreCalibration(ScoreFeature.AREA, 0.5, slope=1.0, intercept=-1000.0, offset=1.0)
+    assert fitted.probability(0.0) == 1.0 / (1.0 + math.exp(60.0))
+    prob = np.zeros((1, 4), np.float64)
+    prob[0, 0] = 0.49999999  # float32: 0.5
+    assert ScoreCalibration(ScoreFeature.AREA, 0.5).feature_of(prob) == 0.25
