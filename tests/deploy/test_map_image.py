@@ -183,11 +183,12 @@ def test_image_meets_the_map_specification(inside, map_image):
 
 @pytest.fixture(scope="module")
 def study_inputs(dicom_dir, tmp_path_factory) -> Path:
-    """The bundled example, the RSNA CRs and the NEMA RG1 CR (lossless JPEG 2000), in one folder."""
+    """The bundled example, the five RSNA CRs and the NEMA RG1 CR (MONOCHROME1; uncompressed, lossless
+    and lossy JPEG 2000), in one folder."""
     folder = tmp_path_factory.mktemp("image_inputs") / "in"
     folder.mkdir()
     sources = [REPO / "examples" / "rsna_cr_00436515.dcm", *sorted(dicom_dir.glob("rsna/*.dcm")),
-               dicom_dir / "misc" / "nema_wg04_RG1_J2KR.dcm"]
+               *sorted(dicom_dir.glob("misc/nema_wg04_RG1_*.dcm"))]
     for index, path in enumerate(sources):
         shutil.copy(path, folder / f"{index:02d}_{path.name}")
         (folder / f"{index:02d}_{path.name}").chmod(0o644)
@@ -228,7 +229,7 @@ def test_image_runs_as_a_platform_runs_it(both_runs):
     assert command[command.index("--network") + 1] == "none"
     assert any(arg.endswith(":/opt/holoscan/models:ro") for arg in command)
     summary = json.loads((both_runs["image"] / "summary.json").read_text())
-    assert summary["counts"]["processed"] == 7, summary["counts"]
+    assert summary["counts"]["processed"] == 9, summary["counts"]
     assert set(summary["model_runtimes"].values()) >= {"onnxruntime"}
 
 
