@@ -2,6 +2,7 @@
 
     python -m training.gpu_bundle bundle --data "COVID-QU-Ex/.../Train" --out gpu_carry [--wheels] [--quality 85]
     python -m training.gpu_bundle unpack gpu_carry/cqe.npz DATA_DIR
+    python -m training.gpu_bundle bench --out bench_carry      # for bench/gpu_bench.sh: no data, + DICOM decoding
 
 ``bundle`` writes ``cqe.npz``: every image of the COVID-QU-Ex folder as JPEG (``--quality``; the
 images are 256² 8-bit, JPEG q85 keeps them within a grey level or two where it matters and makes the
@@ -38,6 +39,9 @@ PURE_PYTHON = ("nnunetv2", "batchgeneratorsv2", "batchgenerators", "dynamic_netw
                "tqdm", "yacs", "nibabel", "torchxrayvision", "threadpoolctl")
 #: packages nnU-Net imports at module level but our recipes never call (stubbed: importing works, using raises)
 STUBS = ("SimpleITK", "imagecodecs")
+#: what bench/gpu_bench.sh needs beyond the training carry: DICOM decoding (the bench's DICOMs travel with the repository)
+BENCH_WHEELS = ("pylibjpeg-libjpeg",)
+BENCH_PURE_PYTHON = ("pydicom", "pylibjpeg")
 _FOLDERS = {"image": "images", "mask": "infection masks", "lung": "lung masks"}
 
 
@@ -93,20 +97,20 @@ def write_stubs(out: Path) -> None:
             f"    raise RuntimeError('{name} is a stub on this machine (training/gpu_bundle.py); ' + attribute + ' is not available')\n")
 
 
-def download_wheels(out: Path) -> None:
+def download_wheels(out: Path, names: tuple[str, ...] = WHEELS) -> None:
     folder = out / "wheels"
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
                     "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
-                    "--implementation", "cp", "-d", str(folder), *WHEELS], check=True)
+                    "--implementation", "cp", "-d", str(folder), *names], check=True)
 
 
-def copy_pure_python(out: Path) -> None:
-    """The pure-Python packages of :data:`PURE_PYTHON`, from this environment, into ``out/site``."""
+def copy_pure_python(out: Path, names: tuple[str, ...] = PURE_PYTHON) -> None:
+    """The pure-Python packages ``names`` (default :data:`PURE_PYTHON`), from this environment, into ``out/site``."""
     import importlib.util
     import shutil
 
-    for name in PURE_PYTHON:
+    for name in names:
         spec = importlib.util.find_spec(name)
         if spec is None:
             raise SystemExit(f"{name} is not installed here; pip install -r requirements.txt first")
@@ -132,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quality", type=int, default=85)
     p.add_argument("--wheels", action="store_true", help="also download the wheels and write the stubs (needs PyPI)")
+    p = sub.add_parser("bench", help="what bench/gpu_bench.sh needs on the GPU machine: wheels, packages, stubs (no data)")
+    p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("unpack")
     p.add_argument("npz", type=Path)
     p.add_argument("out", type=Path)
@@ -139,8 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "unpack":
         print(f"unpacked {unpack_data(args.npz, args.out)}")
         return
-    bundle_data(args.data, args.out, args.quality)
-    if args.wheels:
+    if args.command == "bench":
+        download_wheels(args.out, WHEELS + BENCH_WHEELS)
+        copy_pure_python(args.out, PURE_PYTHON + BENCH_PURE_PYTHON)
+        write_stubs(args.out)
+    else:
+        bundle_data(args.data, args.out, args.quality)
+    if args.command == "bundle" and args.wheels:
         download_wheels(args.out)
         copy_pure_python(args.out)
         write_stubs(args.out)
