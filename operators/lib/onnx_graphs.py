@@ -90,6 +90,10 @@ class OnnxNetwork(torch.nn.Module):
         self.session, self.source = session, Path(source)
         self.input_name = session.get_inputs()[0].name
 
+    def extra_repr(self) -> str:
+        """``print(network)`` names the graph file that runs (``OnnxNetwork(source=…/model.onnx)``)."""
+        return f"source={self.source}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])

@@ -63,6 +63,8 @@ def test_auto_runs_every_listed_graph_and_torch_runs_none(graph_pack):
     assert set(onnx_models.runtimes.values()) == {"onnxruntime"}
     assert type(onnx_models.experts[0].graph_target()[0]).__name__ == "OnnxNetwork"
     assert type(torch_models.experts[0].graph_target()[0]).__name__ != "OnnxNetwork"
+    card = next(c for c in read_manifest(graph_pack).models if c.name == onnx_models.experts[0].name)
+    assert repr(onnx_models.experts[0].graph_target()[0]) == f"OnnxNetwork(source={graph_pack / card.name / card.graph.file})"
 
 
 @pytest.mark.parametrize("source", ["examples/rsna_cr_00436515.dcm", "misc/nema_wg04_RG1_UNCR.dcm"])
