@@ -271,3 +271,12 @@ def test_run_image_cli_names_a_missing_image(container_engine, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "deploy.run_image", str(REPO / "examples"), str(tmp_path / "out"),
                            "--image", "localhost/no-such-image:0"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "no-such-image" in proc.stderr
+
+
+def test_build_image_cli_names_a_missing_engine(tmp_path):
+    """Where neither podman nor docker is on PATH the command says so and exits 2, before writing anything."""
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    proc = subprocess.run([sys.executable, "-m", "deploy.build_image", "--context", str(tmp_path / "ctx")],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 2 and "no container engine" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "ctx").exists()
