@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import highdicom as hd
@@ -169,6 +170,7 @@ def test_writer_records_processed_and_failed_cases_in_the_ledger(fragment, cxr, 
     assert failed.outputs == [str(tmp_path / "1.2.3.4.6" / "result.json")]
     report = json.loads((tmp_path / "1.2.3.4.6" / "result.json").read_text())
     assert report["status"] == "failed" and report["failed_step"] == "expert:e1"
+    assert report["preset"] == "zones" and report["models"] == MODELS
     assert sorted(p.name for p in (tmp_path / "1.2.3.4.6").iterdir()) == ["result.json"]
 
 
@@ -268,7 +270,7 @@ def test_clean_up_touches_only_what_dead_runs_left(tmp_path):
 
 @pytest.mark.parametrize("value, valid", [("1.2.840.10008.5.1.4.1.1.1", True), ("0.1", True), (".", False), ("..", False),
                                           ("1.02", False), ("1..2", False), ("1.2.", False), ("summary.json", False),
-                                          ("1." + "2" * 63, False), ("1." + "2" * 62, True), ("", False)])
+                                          ("1." + "2" * 63, False), ("1." + "2" * 62, True), ("", False), ("7", True)])
 def test_valid_uids(value, valid):
     assert is_valid_uid(value) is valid
 
@@ -294,9 +296,211 @@ def test_clean_up_leaves_what_a_live_run_is_writing_and_staging_is_hidden_and_re
         (tmp_path / f".b.old-{other.pid}").mkdir()
         assert clean_stale_staging(tmp_path) == []
         assert sorted(p.name for p in tmp_path.iterdir()) == [f".a.{other.pid}.x1.partial", f".b.old-{other.pid}"]
+        with pytest.raises(subprocess.TimeoutExpired):  # asking whether it lives sends it no signal
+            other.wait(timeout=0.5)
     finally:
         other.kill()
         other.wait()
     staging = staging_folder(tmp_path / "out", "1.2.3")
     assert staging.parent == tmp_path / "out" and staging.name.startswith(f".1.2.3.{os.getpid()}.") and staging.name.endswith(".partial")
     assert staging.stat().st_mode & 0o777 == 0o755
+
+
+def _preview_title(final) -> str:
+    return f"{final.gate.mean_score:.2f} {'positive' if final.gate.positive else 'negative'} · zones"
+
+
+def test_preview_is_the_heat_map_with_the_gates_title(written):
+    """A 1024-px source: preview.png is the heat map rendered once, titled with score, decision and preset."""
+    from PIL import Image
+
+    from operators.lib.preview import render_preview
+
+    final, folder, _ = written
+    expected = render_preview(final.case.pixels, final.prob_map, final.opacity_mask, max_side_px=1024, title=_preview_title(final))
+    assert _preview_title(final).split()[1] == ("positive" if final.gate.positive else "negative")
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "preview.png").convert("RGB")), np.asarray(expected))
+
+
+def test_a_source_larger_than_the_preview_gets_a_full_size_sc_and_a_titled_1024_px_preview(dicom_dir, fragment, tmp_path):
+    """NEMA RG1 (1955 × 1841): the SC keeps the source's size (≤ 2048 px), the preview is rendered again at
+    1024 px with its title (the branch a 1024-px source never takes)."""
+    from PIL import Image
+
+    from operators.lib.preview import render_preview
+
+    big = load_cxr(dicom_dir / "misc" / "nema_wg04_RG1_UNCR.dcm", "1.2.3.4.7")
+    assert max(big.shape) > 1024
+    final = final_result(big, True)
+    writer = SegWriterOperator(fragment, output_folder=tmp_path, ledger=RunLedger(), algorithm=ALGORITHM, model_versions=MODELS,
+                               name="writer_big")
+    started = time.perf_counter()
+    writer.write(final)
+    elapsed = time.perf_counter() - started
+    folder = tmp_path / big.case_id
+    assert 0 < json.loads((folder / "result.json").read_text())["timings_s"]["write"] <= elapsed
+    sc = pydicom.dcmread(folder / "sc_heatmap.dcm", stop_before_pixels=True)
+    assert sc.Columns == big.shape[1] and sc.Rows >= big.shape[0]  # the heat map at full size, the caption strip below it
+    expected = render_preview(big.pixels, final.prob_map, final.opacity_mask, max_side_px=1024, title=_preview_title(final))
+    preview = np.asarray(Image.open(folder / "preview.png").convert("RGB"))
+    assert max(preview.shape[:2]) == 1024
+    np.testing.assert_array_equal(preview, np.asarray(expected))
+
+
+def test_sr_score_is_drawn_on_the_lung_box(written):
+    final, folder, _ = written
+    sr = hd.sr.srread(folder / "sr_opacity.dcm")
+    (measurement,) = sr.content.get_image_measurement_groups()[0].get_measurements(name=codes.DCM.Probability)
+    (rectangle,) = measurement.referenced_coordinates
+    # the fixture's lungs: rows 200–800, columns 150–874 (bottom/right exclusive), as (column, row) corners
+    np.testing.assert_array_equal(rectangle.value, [[150, 200], [874, 200], [874, 800], [150, 800], [150, 200]])
+
+
+def _watch_writes(monkeypatch, gate):
+    """Replace the writer's write_processed by one that waits for ``gate``, then writes; record the thread,
+    the staging folder and how many writes ran at once."""
+    import threading
+
+    import operators.lib.case_outputs as case_outputs
+
+    seen = {"threads": [], "folders": [], "running": 0, "most": 0}
+    lock = threading.Lock()
+
+    def watched(folder, final, *args):
+        with lock:
+            seen["threads"].append(threading.current_thread().name)
+            seen["folders"].append(Path(folder).name)
+            seen["running"] += 1
+            seen["most"] = max(seen["most"], seen["running"])
+        try:
+            gate.wait(timeout=30)
+            return case_outputs.write_processed(folder, final, *args)
+        finally:
+            with lock:
+                seen["running"] -= 1
+
+    monkeypatch.setattr("operators.seg_writer_operator.write_processed", watched)
+    return seen
+
+
+def test_writer_pool_holds_two_results_by_default_on_its_own_named_threads(fragment, cxr, tmp_path, monkeypatch):
+    """The app's bound: two results in flight unless told otherwise; ``writer_threads`` threads (one here:
+    never two writes at once), named ``seg-writer_…``; each case staged under its own name; stop() ends
+    the threads. max_in_flight=1 holds one result."""
+    import threading
+
+    gate = threading.Event()
+    seen = _watch_writes(monkeypatch, gate)
+    ledger = RunLedger()
+    writer = SegWriterOperator(fragment, output_folder=tmp_path, ledger=ledger, algorithm=ALGORITHM, model_versions=MODELS,
+                               writer_threads=1, name="w_default")
+    cases = [load_cxr(cxr.path, f"1.2.3.5.{k}") for k in range(3)]
+    held = []
+    threading.Timer(0.5, gate.set).start()
+    for k in range(3):
+        writer.compute(_Port(final_result(cases[k], True)), None, None)
+        held.append(len(writer._in_flight))
+    writer.stop()
+    assert held == [1, 2, 2] and writer.name == "w_default"
+    assert seen["most"] == 1 and len(seen["threads"]) == 3 and all(name.startswith("seg-writer_") for name in seen["threads"])
+    assert [name.split(f".{os.getpid()}.")[0] for name in seen["folders"]] == [f".{c.case_id}" for c in cases]
+    assert all(name.endswith(".partial") for name in seen["folders"])
+    assert not any(t.name.startswith("seg-writer") for t in threading.enumerate())
+    assert [r.outcome for r in ledger.records] == [Outcome.PROCESSED] * 3
+
+    gate.clear()
+    one = SegWriterOperator(fragment, output_folder=tmp_path / "one", ledger=RunLedger(), algorithm=ALGORITHM, model_versions=MODELS,
+                            writer_threads=1, max_in_flight=1, name="w_one")
+    threading.Timer(0.5, gate.set).start()
+    held = []
+    for k in range(2):
+        one.compute(_Port(final_result(cases[k], True)), None, None)
+        held.append(len(one._in_flight))
+    one.stop()
+    assert held == [1, 1]
+    inline = SegWriterOperator(fragment, output_folder=tmp_path / "inline", ledger=RunLedger(), algorithm=ALGORITHM,
+                               model_versions=MODELS, name="w_inline")
+    inline.stop()  # nothing to wait for, no pool to shut down
+
+
+def test_writer_start_tidies_the_output_folder(fragment, tmp_path, monkeypatch):
+    dead = 2**22 + 12345  # above pid_max: no such process
+    output = tmp_path / "out"
+    (output / f".a.{dead}.x1.partial").mkdir(parents=True)
+    (output / "visible").mkdir()
+    monkeypatch.chdir(tmp_path)
+    writer = SegWriterOperator(fragment, output_folder=output, ledger=RunLedger(), algorithm=ALGORITHM, model_versions=MODELS,
+                               name="w_start")
+    writer.start()
+    assert sorted(p.name for p in output.iterdir()) == ["visible"]
+
+
+def test_a_write_that_loses_its_staging_folder_fails_with_its_own_error(fragment, cxr, tmp_path, monkeypatch):
+    """Removing what is left of the staging folder never hides why the write failed."""
+    import shutil
+
+    def vanishing(folder, final, *args):
+        shutil.rmtree(folder)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("operators.seg_writer_operator.write_processed", vanishing)
+    ledger = RunLedger()
+    writer = SegWriterOperator(fragment, output_folder=tmp_path, ledger=ledger, algorithm=ALGORITHM, model_versions=MODELS, name="w6")
+    writer.compute(_Port(final_result(cxr, True)), None, None)
+    (record,) = ledger.records
+    assert record.outcome is Outcome.FAILED
+    assert record.reason == f"{cxr.path}: writing results failed (OSError: [Errno 5] Input/output error)."
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_over_a_symlinked_result_leaves_its_target_alone(tmp_path):
+    """A result folder that is a symlink (a user's) is replaced by the new result; what it pointed to is not
+    deleted, and publishing does not fail on it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case").symlink_to(elsewhere, target_is_directory=True)
+    staging = staging_folder(out, "case")
+    (staging / "new.txt").write_text("new")
+    publish_folder(staging, out / "case")
+    assert not (out / "case").is_symlink() and sorted(p.name for p in (out / "case").iterdir()) == ["new.txt"]
+    assert (elsewhere / "keep.txt").read_text() == "keep"
+
+
+def test_staging_folder_creates_missing_parents(tmp_path):
+    staging = staging_folder(tmp_path / "a" / "b" / "out", "1.2.3")
+    assert staging.parent == tmp_path / "a" / "b" / "out" and staging.is_dir()
+
+
+def test_clean_up_removes_a_stale_symlink_not_what_it_points_to(tmp_path):
+    dead = 2**22 + 12345
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f".a.{dead}.x1.partial").symlink_to(target, target_is_directory=True)
+    assert clean_stale_staging(out) == [f"removed .a.{dead}.x1.partial"]
+    assert list(out.iterdir()) == [] and (target / "keep.txt").read_text() == "keep"
+
+
+def test_clean_up_leaves_a_run_of_another_user_alone(tmp_path, monkeypatch):
+    """A pid we may not signal (PermissionError: another user's process) is alive."""
+    def not_ours(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_ours)
+    (tmp_path / ".a.4242.x1.partial").mkdir()
+    assert clean_stale_staging(tmp_path) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".a.4242.x1.partial"]
+
+
+def test_warnings_quote_at_most_80_characters_of_a_bad_uid(tmp_path):
+    taken: dict[str, Path] = {}
+    bad = "x" * 100
+    name, warning = case_folder_name(bad, tmp_path / "a.dcm", taken)
+    assert repr("x" * 80) in warning and "x" * 81 not in warning
+    again, warning = case_folder_name(bad, tmp_path / "a.dcm", taken)  # the same file twice: a second folder
+    assert again == name + "_2" and "x" * 80 in warning and "x" * 81 not in warning
