@@ -27,7 +27,8 @@ import pydicom
 import pytest
 
 from tests.support.app_runner import io_args, run_app
-from tests.support.viewer import CHROMEDRIVER, CHROMIUM, KNOWN_FRACTIONAL_ERROR, KNOWN_ZERO_SPACING_SOURCE_ERROR, OhifServer, Viewer, ohif_dist
+from tests.support.viewer import (CHROMEDRIVER, CHROMIUM, KNOWN_FRACTIONAL_ERROR, KNOWN_REOPEN_ERROR, KNOWN_ZERO_SPACING_SOURCE_ERROR, OhifServer,
+                                  Viewer, ohif_dist)
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -112,6 +113,8 @@ def test_ohif_shows_every_output(viewer, cases, case_name, view):
     assert "Something went wrong" not in page["text"], page["screenshot"]
     allowed = (KNOWN_FRACTIONAL_ERROR,) if view == "probability" else ()
     severe = [m for m in page["severe"] if not any(a in m for a in allowed)]
+    if page["reopened"]:  # our reopening cancelled an image load; OHIF's listener for that throws
+        severe = [m for m in severe if not all(part in m for part in KNOWN_REOPEN_ERROR)]
     assert not severe, f"{page['screenshot']}: {severe}"
     for text in expected:
         assert text in page["source"], f"{text!r} missing; {page['screenshot']}"

@@ -169,6 +169,9 @@ KNOWN_FRACTIONAL_ERROR = "Fractional segmentations are not yet supported"
 #: OHIF 3.13 cannot load a source image whose PixelSpacing is "0\\0" (the NEMA RG1 CR's header; a copy with
 #: 0.2\\0.2 renders): the viewport logs this for the *source*, under any overlay of ours.
 KNOWN_ZERO_SPACING_SOURCE_ERROR = "IMAGE_LOAD_ERROR"
+#: OHIF 3.13 when a series is opened again while its image still loads (the SR view's reopening above):
+#: the cancelled load fires IMAGE_LOAD_ERROR and OHIF's own listener throws. Allowed only after a reopen.
+KNOWN_REOPEN_ERROR = ("IMAGE_LOAD_ERROR", "handler is not a function")
 
 
 class Viewer:
@@ -273,6 +276,7 @@ class Viewer:
             time.sleep(0.5)
         if panel:
             self._wait(lambda: self._click_when_free(f"[data-cy='{panel}-btn']"), f"a click on the {panel} button")
+        reopened = 0
         for text in expect:
             # OHIF 3.13's SR viewport sometimes paints the image before the report's annotations are
             # mapped ("Measurement is preview, skipping") and never draws them; opening the series again
@@ -281,10 +285,11 @@ class Viewer:
                 if self._wait_quietly(lambda: text in browser.page_source, 20.0):
                     break
                 ActionChains(browser).double_click(browser.find_elements(By.XPATH, xpath)[0]).perform()
+                reopened += 1
             self._wait(lambda: text in browser.page_source, f"{text!r} on the page", timeout_s=30.0)
         time.sleep(2)  # let the last overlay paint before the screenshot
         path = self.screenshots / f"{screenshot}.png"
         browser.save_screenshot(str(path))
         severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         return {"text": browser.find_element(By.TAG_NAME, "body").text, "source": browser.page_source, "severe": severe,
-                "screenshot": path}
+                "screenshot": path, "reopened": reopened}
