@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from operators.lib.uids import NAMESPACE, derived_uid, frame_of_reference_uid, result_uids
+from operators.lib.uids import NAMESPACE, derived_uid, frame_of_reference_uid, result_uids, tracking_uid
 
 
 def _by_the_docstring(*parts: str) -> str:
@@ -19,6 +19,7 @@ def test_result_uids_follow_the_documented_derivation():
     assert series == _by_the_docstring("1.2.3.4", "1.0.0", "zones", "sr", "series")
     assert instance == _by_the_docstring("1.2.3.4", "1.0.0", "zones", "sr", "instance")
     assert frame_of_reference_uid("1.2.3.4") == _by_the_docstring("1.2.3.4", "frame-of-reference")
+    assert tracking_uid("1.2.3.4", "1.0.0", "zones", "Lung opacity") == _by_the_docstring("1.2.3.4", "1.0.0", "zones", "tracking", "Lung opacity")
     # pinned: the namespace and the separator are part of the contract with every PACS that stored a result
     assert derived_uid("a", "b") == "2.25.226431268639914149379253315349752474693"
 
