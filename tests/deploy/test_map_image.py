@@ -228,6 +228,7 @@ def test_image_runs_as_a_platform_runs_it(both_runs):
     assert "--user" in command and command[command.index("--user") + 1] == "1000:1000"
     assert command[command.index("--network") + 1] == "none"
     assert any(arg.endswith(":/opt/holoscan/models:ro") for arg in command)
+    assert f"{both_runs['input']}:/var/holoscan/input:ro" in command and any(arg.endswith(":/var/holoscan/output:rw") for arg in command)
     summary = json.loads((both_runs["image"] / "summary.json").read_text())
     assert summary["counts"]["processed"] == 9, summary["counts"]
     assert set(summary["model_runtimes"].values()) >= {"onnxruntime"}
