@@ -99,7 +99,9 @@ def find_engine(name: str | None = None) -> Engine | None:
 
 
 def engine_unavailable_reason(engine: Engine | None) -> str | None:
-    """None when ``engine`` can build and run containers here; else why not (for a skip or an error)."""
+    """None when ``engine`` is installed and answers ``info``; else why not (for a skip or an error).
+
+    A working ``info`` does not prove that builds and runs work: the build and the tests say that."""
     if engine is None:
         return "no container engine (podman or docker) on PATH"
     proc = engine.run("info", "--format", "{{.Host.OCIRuntime.Name}}" if engine.name == "podman" else "{{.ServerVersion}}")
