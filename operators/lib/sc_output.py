@@ -36,7 +36,7 @@ from operators.lib.seg_output import (
     series_description,
 )
 from operators.lib.source_header import drop_invalid_copied_values, prepare_source
-from operators.lib.uids import result_uids
+from operators.lib.uids import case_key, result_uids
 
 #: Text burned into every secondary capture, and written into its ImageComments.
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
@@ -174,7 +174,7 @@ def build_heatmap_secondary_capture(
 
     prepared = prepare_source(source)
     orientation = _patient_orientation(prepared)
-    series_uid, instance_uid = result_uids(source_key or str(source.SOPInstanceUID), algorithm.version, algorithm.preset, "sc-heatmap")
+    series_uid, instance_uid = result_uids(case_key(source, source_key), algorithm.version, algorithm.preset, "sc-heatmap")
     now = datetime.datetime.now()
     sc = hd.sc.SCImage(
         pixel_array=burned,

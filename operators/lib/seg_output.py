@@ -52,7 +52,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from operators.lib.source_header import drop_invalid_copied_values, nominal_geometry, prepare_source
-from operators.lib.uids import frame_of_reference_uid, result_uids, tracking_uid
+from operators.lib.uids import case_key, frame_of_reference_uid, result_uids, tracking_uid
 
 #: Segmented property type of the opacity segment (DCM 112001 "Opacity").
 OPACITY_CODE: Code = codes.DCM.Opacity
@@ -205,10 +205,10 @@ def _build(
     kind: str,
     content_description: str,
     series_number: int,
-    source_key: str | None,
+    key: str,
     uid_kind: str,
 ) -> Segmentation:
-    key = source_key or str(source.SOPInstanceUID)
+    """The SEG of ``source``; ``key`` (:func:`~operators.lib.uids.case_key`) derives its UIDs and frame of reference."""
     geometry = nominal_geometry(source, frame_of_reference_uid(key))
     prepared = prepare_source(source, geometry)
     series_uid, instance_uid = result_uids(key, algorithm.version, algorithm.preset, uid_kind)
@@ -291,16 +291,17 @@ def build_probability_seg(
     # Stacked-segments layout (frames, rows, columns, segments): highdicom reads a float 2D array
     # the same way, but the explicit form leaves no doubt that this is one segment.
     pixel_array = prob_map.astype(np.float32, copy=False)[np.newaxis, :, :, np.newaxis]
+    key = case_key(source, source_key)
     return _build(
         source,
         pixel_array,
         SegmentationTypeValues.FRACTIONAL,
-        [_opacity_description(algorithm, source_key or str(source.SOPInstanceUID))],
+        [_opacity_description(algorithm, key)],
         algorithm,
         kind="Opacity probability",
         content_description="Lung opacity probability",
         series_number=series_number,
-        source_key=source_key,
+        key=key,
         uid_kind="seg-probability",
     )
 
@@ -342,7 +343,7 @@ def build_binary_seg(
         When a mask's shape does not match the source.
     """
     masks = [np.asarray(opacity_mask)]
-    key = source_key or str(source.SOPInstanceUID)
+    key = case_key(source, source_key)
     descriptions = [_opacity_description(algorithm, key)]
     if lung_mask is not None:
         masks.append(np.asarray(lung_mask))
@@ -360,7 +361,7 @@ def build_binary_seg(
         kind="Opacity mask",
         content_description="Lung opacity mask" + (" and lung field" if lung_mask is not None else ""),
         series_number=series_number,
-        source_key=source_key,
+        key=key,
         uid_kind="seg-binary",
     )
 
@@ -387,7 +388,7 @@ def build_band_seg(
     no segment. Returns the SEG, in the source's study, in a new series, one frame per band.
     """
     prob_map = _checked_probability(source, prob_map)
-    key = source_key or str(source.SOPInstanceUID)
+    key = case_key(source, source_key)
     descriptions = [_opacity_description(algorithm, key, number, label, rgb, tracking_id=label)
                     for number, (label, _, _, rgb) in enumerate(PROBABILITY_BANDS, start=1)]
     pixel_array = probability_bands(prob_map)[np.newaxis].astype(np.uint8)
@@ -400,6 +401,6 @@ def build_band_seg(
         kind="Opacity probability bands",
         content_description="Lung opacity probability bands",
         series_number=series_number,
-        source_key=source_key,
+        key=key,
         uid_kind="seg-bands",
     )

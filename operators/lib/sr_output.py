@@ -51,7 +51,7 @@ from pydicom.uid import SegmentationStorage, generate_uid
 from operators.lib.components import Box, component_boxes
 from operators.lib.seg_output import LUNG_CODE, OPACITY_CATEGORY_CODE, OPACITY_CODE, AlgorithmInfo, series_description
 from operators.lib.source_header import drop_invalid_copied_values, prepare_source
-from operators.lib.uids import result_uids, tracking_uid
+from operators.lib.uids import case_key, result_uids, tracking_uid
 
 #: Procedure reported (SCT 399208008 "Plain chest X-ray").
 PROCEDURE_CODE = Code("399208008", "SCT", "Plain chest X-ray")
@@ -251,7 +251,7 @@ def build_opacity_sr(
     opacity_segment_number(seg)
     algorithm_id = _algorithm_id(algorithm, float(threshold))
     lungs = lungs or Box(0, 0, int(source.Rows), int(source.Columns))
-    key = source_key or str(source.SOPInstanceUID)
+    key = case_key(source, source_key)
 
     def tracking(identifier: str) -> tuple[str, str]:
         return tracking_uid(key, algorithm.version, algorithm.preset, identifier), identifier

@@ -9,6 +9,10 @@ re-sent study's results again stores them over the first copy instead of adding 
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 #: the namespace of every UID this app derives (a fixed random UUID: only our own UIDs live in it)
 NAMESPACE = uuid.UUID("6d1f7a0e-3c55-4e52-9b1e-1f4d2c9a8e37")
@@ -19,6 +23,11 @@ def derived_uid(*parts: str) -> str:
     if not parts or any(not isinstance(p, str) or not p for p in parts):
         raise ValueError(f"derived_uid needs non-empty strings; got {parts!r}")
     return f"2.25.{uuid.uuid5(NAMESPACE, chr(0x1F).join(parts)).int}"
+
+
+def case_key(source: "Dataset", source_key: str | None) -> str:
+    """What a result's UIDs derive from: the case id when given, else the source's SOP Instance UID."""
+    return source_key or str(source.SOPInstanceUID)
 
 
 def result_uids(source_key: str, version: str, preset: str, kind: str) -> tuple[str, str]:

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from operators.lib.uids import NAMESPACE, derived_uid, frame_of_reference_uid, result_uids, tracking_uid
+from operators.lib.uids import NAMESPACE, case_key, derived_uid, frame_of_reference_uid, result_uids, tracking_uid
 
 
 def _by_the_docstring(*parts: str) -> str:
@@ -22,6 +22,15 @@ def test_result_uids_follow_the_documented_derivation():
     assert tracking_uid("1.2.3.4", "1.0.0", "zones", "Lung opacity") == _by_the_docstring("1.2.3.4", "1.0.0", "zones", "tracking", "Lung opacity")
     # pinned: the namespace and the separator are part of the contract with every PACS that stored a result
     assert derived_uid("a", "b") == "2.25.226431268639914149379253315349752474693"
+
+
+def test_the_case_key_is_the_case_id_else_the_sources_uid():
+    from pydicom import Dataset
+
+    source = Dataset()
+    source.SOPInstanceUID = "1.2.3.4"
+    assert case_key(source, "1.2.3.4_2") == "1.2.3.4_2"
+    assert case_key(source, None) == case_key(source, "") == "1.2.3.4"
 
 
 def test_every_part_changes_the_uids_and_series_differs_from_instance():
