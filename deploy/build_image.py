@@ -49,6 +49,11 @@ logger = logging.getLogger(__name__)
 PODMAN_OPTIONS = ("--runtime", "runc", "--cgroup-manager", "cgroupfs")
 #: rlimits for ``build`` and ``run`` (runc cannot raise them past the host's; holoscan wants a 32 MiB stack).
 ULIMITS = ("nofile=1024:1024", "nproc=4096:4096", "stack=33554432:33554432")
+
+
+def ulimit_args() -> list[str]:
+    """:data:`ULIMITS` as ``--ulimit=…`` arguments of ``build`` and ``run``."""
+    return [f"--ulimit={limit}" for limit in ULIMITS]
 #: The local stand-in for the packager's base image: Debian bookworm (Python 3.11), made by debootstrap.
 LOCAL_BASE = "localhost/cxr-opacity-base:bookworm-py311"
 LOCAL_BASE_SUITE = "bookworm"
@@ -303,7 +308,7 @@ def build_image(context: Path, models: Path, *, engine: Engine, tag: str = DEFAU
     link_tree(wheelhouse, ctx.folder / WHEELHOUSE_DIR)
     wheel_seconds = time.perf_counter() - wheel_started
     build_args = [arg for key, value in ctx.build_args.items() for arg in ("--build-arg", f"{key}={value}")]
-    build_cmd = engine.command("build", "--layers", "--network", "none", *[f"--ulimit={u}" for u in ULIMITS],
+    build_cmd = engine.command("build", "--layers", "--network", "none", *ulimit_args(),
                                "-f", str(ctx.folder / OFFLINE_DOCKERFILE), *build_args, "--tag", ctx.tag, str(ctx.folder))
     if engine.name == "docker":
         build_cmd = [c for c in build_cmd if c != "--layers"]

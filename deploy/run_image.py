@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from deploy.build_context import DEFAULT_TAG
-from deploy.build_image import ULIMITS, Engine, find_engine
+from deploy.build_image import Engine, find_engine, ulimit_args
 
 #: The image's user (holoscan-cli's defaults, as passed to the build).
 USER = (1000, 1000)
@@ -50,8 +51,6 @@ def image_env(engine: Engine, image: str) -> dict[str, str]:
     if proc.returncode != 0:
         raise RuntimeError(f"image {image} not found by {engine.name}: {proc.stderr.strip()[:300]} "
                            f"(build it with python -m deploy.build_image)")
-    import json
-
     return dict(item.split("=", 1) for item in json.loads(proc.stdout) if "=" in item)
 
 
@@ -66,7 +65,7 @@ def run_command(engine: Engine, image: str, input_folder: Path, output_folder: P
         mounts += ["-v", f"{Path(models).resolve()}:{env['HOLOSCAN_MODEL_PATH']}:ro"]
     return engine.command("run", "--rm", *(["--name", name] if name else []),
                           "--user", f"{user[0]}:{user[1]}", "--network", "none",
-                          *[f"--ulimit={limit}" for limit in ULIMITS], *mounts, image, *app_args)
+                          *ulimit_args(), *mounts, image, *app_args)
 
 
 def prepare_output(output_folder: Path, user: tuple[int, int] = USER) -> None:

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from deploy.build_context import MODEL_NAME
-from deploy.build_image import LOCAL_BASE, OFFLINE_DOCKERFILE, ULIMITS, WHEEL_MOUNT, offline_dockerfile, packager_base
+from deploy.build_image import LOCAL_BASE, OFFLINE_DOCKERFILE, WHEEL_MOUNT, offline_dockerfile, packager_base, ulimit_args
 from deploy.run_image import USER, prepare_output, readable_by, run, run_command, staged_input
 from operators.lib.run_report import ExitCode
 from tests.support.app_runner import io_args, run_app
@@ -152,7 +152,7 @@ def test_build_reports_size_and_what_it_substituted(map_image, container_engine)
 @pytest.fixture(scope="module")
 def inside(map_image, container_engine) -> dict:
     """What the image holds, read from inside as its default user (no --user), without network."""
-    proc = container_engine.run("run", "--rm", "--network", "none", *[f"--ulimit={limit}" for limit in ULIMITS],
+    proc = container_engine.run("run", "--rm", "--network", "none", *ulimit_args(),
                                 "--entrypoint", "python3", map_image["image"], "-c", INSPECT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])

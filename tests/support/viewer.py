@@ -185,13 +185,18 @@ class Viewer:
     def close(self) -> None:
         self.browser.quit()
 
+    def _until(self, condition, seconds: float):
+        """Poll ``condition`` every 0.5 s until it is truthy (returned) or ``seconds`` pass (TimeoutException)."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.browser, seconds, poll_frequency=0.5).until(lambda _: condition())
+
     def _wait(self, condition, what: str, timeout_s: float | None = None):
         from selenium.common.exceptions import TimeoutException
-        from selenium.webdriver.support.ui import WebDriverWait
 
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
-            return WebDriverWait(self.browser, timeout_s, poll_frequency=0.5).until(lambda _: condition())
+            return self._until(condition, timeout_s)
         except TimeoutException:
             shot = self.screenshots / "timeout.png"
             self.browser.save_screenshot(str(shot))
@@ -202,10 +207,9 @@ class Viewer:
     def _wait_quietly(self, condition, seconds: float) -> bool:
         """True when ``condition`` holds within ``seconds``, else False (no screenshot, no error)."""
         from selenium.common.exceptions import TimeoutException
-        from selenium.webdriver.support.ui import WebDriverWait
 
         try:
-            WebDriverWait(self.browser, seconds, poll_frequency=0.5).until(lambda _: condition())
+            self._until(condition, seconds)
             return True
         except TimeoutException:
             return False
