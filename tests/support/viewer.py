@@ -288,6 +288,7 @@ class Viewer:
             for _ in range(2):
                 if self._wait_quietly(lambda: text in browser.page_source, 20.0):
                     break
+                self._click_all("//*[normalize-space(text())='Skip all']")  # the tour can open late, over the page
                 ActionChains(browser).double_click(browser.find_elements(By.XPATH, xpath)[0]).perform()
                 reopened += 1
             self._wait(lambda: text in browser.page_source, f"{text!r} on the page", timeout_s=30.0)
