@@ -123,6 +123,27 @@ class ConvNextFpnSegmenter:
         self.network = network
 
 
+#: Gaussians kept by :func:`_widen_gaussian_cache` (one per patch size and device; the app has three)
+GAUSSIAN_CACHE_SIZE = 8
+
+
+def _widen_gaussian_cache() -> None:
+    """Give nnU-Net's ``compute_gaussian`` a cache that holds every patch size the app predicts at.
+
+    nnunetv2 caches the sliding window's Gaussian importance map with ``lru_cache(maxsize=2)``. The app
+    runs three nnU-Nets with three patch sizes in turn (two experts and the refinement), so every call
+    missed and recomputed it with scipy — single-threaded, about 0.15 s for a 768-px patch, three times
+    per study. The same function, with a larger cache, in the module that calls it: the values are the
+    stock ones. Idempotent.
+    """
+    from nnunetv2.inference import predict_from_raw_data, sliding_window_prediction
+
+    if predict_from_raw_data.compute_gaussian.cache_parameters()["maxsize"] >= GAUSSIAN_CACHE_SIZE:
+        return  # already widened
+    stock = sliding_window_prediction.compute_gaussian.__wrapped__
+    predict_from_raw_data.compute_gaussian = functools.lru_cache(maxsize=GAUSSIAN_CACHE_SIZE)(stock)
+
+
 @functools.cache
 def _single_fold_predictor_class():
     """``nnUNetPredictor`` for one fold whose weights are loaded once (nnunetv2 imported lazily).
@@ -132,8 +153,12 @@ def _single_fold_predictor_class():
     torch's threads at ``nnUNet_def_n_proc`` while it predicts. With one fold the network already
     holds its weights, and the thread count is the app's (``--threads``): this predicts with the same
     sliding window, Gaussian weighting and mirroring, so the logits are the stock ones.
+
+    It also widens nnU-Net's cache of sliding-window Gaussians (:func:`_widen_gaussian_cache`).
     """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    _widen_gaussian_cache()
 
     class SingleFoldPredictor(nnUNetPredictor):
         @torch.inference_mode()

@@ -66,3 +66,24 @@ def test_predicts_with_the_apps_thread_count_not_nnunets_cap(nnunet_folder, monk
         torch.set_num_threads(previous)
     assert ours == [2]
     assert stock == [1]  # what the stock predictor would have done: the cap this wrapper avoids
+
+
+def test_sliding_window_gaussian_computed_once_per_patch_size(nnunet_folder):
+    """The app's three nnU-Nets (three patch sizes, in turn) each reuse their Gaussian: nnU-Net's own
+    two-entry cache recomputed it on every call (scipy, about 0.15 s for a 768-px patch)."""
+    from nnunetv2.inference import predict_from_raw_data
+
+    pack = nnunet_folder.parent
+    segmenters = [NnUNetSegmenter(name, pack / name, torch.device("cpu"), size)
+                  for name, size in (("nnunet_2d_336", 336), ("nnunet_2d_768", 768), ("nnunet_refine_256", 256))]
+    patch_sizes = {tuple(s.predictor.configuration_manager.patch_size) for s in segmenters}
+    assert len(patch_sizes) == 3, patch_sizes
+    gaussian = predict_from_raw_data.compute_gaussian
+    for segmenter in segmenters:  # first round: at most one miss per patch size
+        segmenter.predict_square(np.zeros((segmenter.input_size_px,) * 2, np.float32))
+    misses = gaussian.cache_info().misses
+    for _ in range(2):
+        for segmenter in segmenters:
+            segmenter.predict_square(np.zeros((segmenter.input_size_px,) * 2, np.float32))
+    assert gaussian.cache_info().misses == misses, "a Gaussian was recomputed for a patch size already seen"
+    assert gaussian.cache_info().hits >= 6
