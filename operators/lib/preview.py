@@ -8,7 +8,6 @@ so the outline stays visible however much the image was shrunk.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw

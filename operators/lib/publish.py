@@ -43,7 +43,10 @@ def publish_folder(staging: Path, final: Path) -> None:
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
         os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # a user's link: remove the link, never what it points to
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, final)
 

@@ -467,6 +467,7 @@ def test_publish_over_a_symlinked_result_leaves_its_target_alone(tmp_path):
     publish_folder(staging, out / "case")
     assert not (out / "case").is_symlink() and sorted(p.name for p in (out / "case").iterdir()) == ["new.txt"]
     assert (elsewhere / "keep.txt").read_text() == "keep"
+    assert sorted(p.name for p in out.iterdir()) == ["case"], "the replaced link was left behind"
 
 
 def test_staging_folder_creates_missing_parents(tmp_path):

@@ -10,8 +10,6 @@ PixelSpacing is a 19-character DS ("0.14300000000000002", the limit is 16).
 
 from __future__ import annotations
 
-import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,6 @@ import pydicom
 import pytest
 from pydicom import config
 
-from operators.lib import seg_output
 from operators.lib.atomic_file import write_dicom_atomically
 from operators.lib.seg_output import AlgorithmInfo, build_band_seg, build_binary_seg, build_probability_seg, series_description
 from operators.lib.source_header import usable_pixel_spacing
