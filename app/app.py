@@ -40,7 +40,7 @@ class LungOpacityApp(Application):
     def compose(self) -> None:
         plan, models, settings = self._plan, self._plan.models, self._plan.settings
         source = DicomCxrInputOperator(self, BooleanCondition(self, name="more_input"), input_folder=plan.input_folder,
-                                       ledger=plan.ledger, name="dicom_input")
+                                       ledger=plan.ledger, read_ahead=plan.read_ahead, name="dicom_input")
         classifier = OpacityClassifierOperator(self, model=models.classifier, score=settings.score(models.classifier.name, classifier=True),
                                                name="opacity_classifier")
         experts = [SegmentationExpertOperator(self, model=m, score=settings.score(m.name), name=f"expert_{m.name}") for m in models.experts]

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core (default)")
     parser.add_argument("--writer-threads", type=int, default=1,
                         help="threads writing each image's outputs while the next image is computed; 0 = write inline (default 1)")
+    parser.add_argument("--no-read-ahead", dest="read_ahead", action="store_false",
+                        help="read each file only when the previous image is done (default: the next file is read and "
+                             "decoded while the current image is in the models)")
     parser.add_argument("--runtime", choices=("auto", "torch"), default=os.environ.get("CXR_OPACITY_RUNTIME", "auto"),
                         help="auto: networks with a verified ONNX graph in the manifest run on ONNX Runtime (CPU), the "
                              "rest on torch; torch: every network on torch (default auto, or CXR_OPACITY_RUNTIME)")
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     from app.app import LungOpacityApp
     from app.run_plan import make_plan, run_info
 
-    plan = make_plan(input_folder, output_folder, models, preset, args.device, writer_threads=args.writer_threads)
+    plan = make_plan(input_folder, output_folder, models, preset, args.device, writer_threads=args.writer_threads,
+                     read_ahead=args.read_ahead)
     if plan.settings.preset.blend is BlendMode.WEIGHTED and plan.settings.sources["blend_weights"].startswith("equal"):
         logger.warning("manifest.json lacks weighted_logloss for some maps; the Weighted blend uses equal weights.")
     ledger = plan.ledger

@@ -26,15 +26,16 @@ class RunPlan:
     ledger: RunLedger
     device: str = "cpu"
     writer_threads: int = 1  # background threads writing results while the next image computes (0: inline)
+    read_ahead: bool = True  # read and decode the next file while the current image is in the models
 
 
 def make_plan(input_folder: Path, output_folder: Path, models: LoadedModels, preset: Preset, device: str = "cpu",
-              ledger: RunLedger | None = None, writer_threads: int = 1) -> RunPlan:
+              ledger: RunLedger | None = None, writer_threads: int = 1, read_ahead: bool = True) -> RunPlan:
     """Resolve the preset against the pack's calibration (:func:`operators.lib.calibration.resolve`)."""
     settings = resolve(preset, models.manifest.calibration, models.map_names)
     algorithm = AlgorithmInfo(name=APP_NAME, version=__version__, preset=preset.name)
     return RunPlan(Path(input_folder), Path(output_folder), models, settings, algorithm, ledger or RunLedger(), device,
-                   max(0, int(writer_threads)))
+                   max(0, int(writer_threads)), bool(read_ahead))
 
 
 def run_info(plan: RunPlan, torch_threads: int) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def run_info(plan: RunPlan, torch_threads: int) -> dict[str, Any]:
         "device": plan.device,
         "torch_threads": torch_threads,
         "writer_threads": plan.writer_threads,
+        "read_ahead": plan.read_ahead,
         "gate_threshold": settings.gate_threshold,
         "gate_threshold_source": settings.sources["gate_threshold"],
         "scores": {name: score.to_dict() for name, score in settings.scores.items()},

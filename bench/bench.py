@@ -71,11 +71,12 @@ def _rss_after_first_and_last(trace: list[tuple[float, int, int]]) -> list[float
 
 
 def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str, mirroring: bool, runtime: str = "torch",
-            writer_threads: int = 1) -> dict[str, Any]:
+            writer_threads: int = 1, read_ahead: bool = True) -> dict[str, Any]:
     """Run ``python -m app`` once; cold start, per-study wall times, per-step medians, peak RSS."""
     command = [sys.executable, "-m", "app", "-i", str(inputs), "-o", str(output), "-m", str(models), "--preset", preset,
                "--threads", str(threads), "-l", "WARN", "--runtime", "torch" if runtime == "torch" else "auto",
                "--writer-threads", str(writer_threads)]
+    command += [] if read_ahead else ["--no-read-ahead"]
     command += ["--mirroring"] if mirroring else []
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.perf_counter()
@@ -287,13 +288,14 @@ def to_markdown(report: dict[str, Any]) -> str:
     row("RSS after first output → at end, MB", lambda r: " → ".join(str(v) for v in r["app"]["rss_mb_after_first_and_last"]))
     row("networks on ONNX Runtime", lambda r: sum(v == "onnxruntime" for v in r["app"]["model_runtimes"].values()))
     row("writer threads", lambda r: r.get("writer_threads", 0))
+    row("read ahead", lambda r: "yes" if r.get("read_ahead", False) else "no")
     if "torch" in runs and "onnxruntime" in runs:
         t, o = runs["torch"], runs["onnxruntime"]
         lines += ["", f"ONNX Runtime vs torch, same run: warm per study {t['app']['warm_study_s_median'] / o['app']['warm_study_s_median']:.2f}× "
                       f"faster, bare forwards {t['bare_sum_per_study_s'] / o['bare_sum_per_study_s']:.2f}× faster."]
-        if "torch, writer inline" in runs:
-            old = runs["torch, writer inline"]["app"]
-            lines.append(f"Before this change (torch, writer inline) → now (ONNX Runtime, writer thread): warm per study "
+        if "torch, no overlap" in runs:
+            old = runs["torch, no overlap"]["app"]
+            lines.append(f"No overlap on torch (writer inline, no read-ahead) → ONNX Runtime with overlap: warm per study "
                          f"{old['warm_study_s_median']} → {o['app']['warm_study_s_median']} s "
                          f"({old['warm_study_s_median'] / o['app']['warm_study_s_median']:.2f}×), cold start {old['cold_start_s']} → "
                          f"{o['app']['cold_start_s']} s.")
@@ -340,8 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runtime", choices=["both", "torch", "onnxruntime"], default="both",
                         help="torch, onnxruntime (graphs exported as the MAP build does), or both side by side (default)")
     parser.add_argument("--writer-threads", type=int, default=1, help="the app's --writer-threads (default 1)")
-    parser.add_argument("--also-inline-writer", action="store_true",
-                        help="add a run of each runtime with --writer-threads 0, to measure the writer overlap")
+    parser.add_argument("--also-no-overlap", action="store_true",
+                        help="add a run of each runtime with --writer-threads 0 --no-read-ahead, to measure the overlap")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     os.environ["nnUNet_def_n_proc"] = str(args.threads)  # the stock predictor's thread cap, as the app sets it
@@ -358,25 +360,27 @@ def main(argv: list[str] | None = None) -> None:
 
         models, profile = build_random_pack(CACHE / "random"), "random"
     runtimes = ["torch", "onnxruntime"] if args.runtime == "both" else [args.runtime]
-    plan = [(runtime, runtime, args.writer_threads) for runtime in runtimes]
-    if args.also_inline_writer:
-        plan += [(f"{runtime}, writer inline", runtime, 0) for runtime in runtimes]
+    plan = [(runtime, runtime, args.writer_threads, True) for runtime in runtimes]
+    if args.also_no_overlap:
+        plan += [(f"{runtime}, no overlap", runtime, 0, False) for runtime in runtimes]
     runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as temporary:
         work = Path(temporary)
         studies = make_studies(chest_sources(), args.studies, work / "in")
         graphs = with_graphs(models, work / "graphs" / models.name) if "onnxruntime" in runtimes else None
         bare_by_runtime: dict[str, dict[str, float]] = {}
-        for label, runtime, writer_threads in plan:
+        for label, runtime, writer_threads, read_ahead in plan:
             pack = models if runtime == "torch" else graphs
             print(f"Running the app on {len(studies)} studies with {profile} models: {label}…", flush=True)
-            app = run_app(pack, work / "in", work / f"out_{len(runs)}", args.threads, args.preset, args.mirroring, runtime, writer_threads)
+            app = run_app(pack, work / "in", work / f"out_{len(runs)}", args.threads, args.preset, args.mirroring, runtime, writer_threads,
+                          read_ahead)
             if runtime not in bare_by_runtime:
                 print(f"Timing bare forward passes on {runtime}…", flush=True)
                 bare_by_runtime[runtime] = bare_forwards(pack, args.threads, args.repeats, args.mirroring, runtime)
             bare = bare_by_runtime[runtime]
             bare_sum = sum(v for k, v in bare.items() if k != "refinement") + bare.get("refinement", 0) * app["refined_crops_median"]
-            runs[label] = {"app": app, "writer_threads": writer_threads, "bare_forward_s": bare, "bare_sum_per_study_s": round(bare_sum, 3),
+            runs[label] = {"app": app, "writer_threads": writer_threads, "read_ahead": read_ahead, "bare_forward_s": bare,
+                           "bare_sum_per_study_s": round(bare_sum, 3),
                            "overhead_ratio": round(app["warm_study_s_median"] / bare_sum, 3) if app["warm_study_s_median"] else None}
         naive = naive_path(models, studies[: args.naive_studies], work / "naive", args.threads, graphs) if args.naive_studies else None
     report = {
