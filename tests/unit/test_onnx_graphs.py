@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from app.export_graphs import DEFAULT_TOLERANCE, export_graphs, main
 from app.model_store import MANIFEST_NAME, load_models, read_manifest, sha256_of
@@ -65,6 +66,9 @@ def test_auto_runs_every_listed_graph_and_torch_runs_none(graph_pack):
     assert type(torch_models.experts[0].graph_target()[0]).__name__ != "OnnxNetwork"
     card = next(c for c in read_manifest(graph_pack).models if c.name == onnx_models.experts[0].name)
     assert repr(onnx_models.experts[0].graph_target()[0]) == f"OnnxNetwork(source={graph_pack / card.name / card.graph.file})"
+    options = onnx_models.experts[0].graph_target()[0].session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0", "ONNX Runtime's threads spin between runs"
+    assert options.intra_op_num_threads == torch.get_num_threads()
 
 
 @pytest.mark.parametrize("source", ["examples/rsna_cr_00436515.dcm", "misc/nema_wg04_RG1_UNCR.dcm"])
