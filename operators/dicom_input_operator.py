@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from operators.lib.background import background_pool
 from operators.lib.case_naming import case_folder_name
 from operators.lib.dicom_input import CxrImage, find_input_files, load_cxr
 from operators.lib.errors import InputRejected
@@ -47,7 +48,7 @@ class DicomCxrInputOperator(Operator):
         self._ledger = ledger
         self._pending: list[Path] | None = None
         self._next: tuple[Path, Future] | None = None  # the file being read ahead
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-read") if read_ahead else None
+        self._reader = background_pool("dicom-read", 1) if read_ahead else None
         self._case_ids: dict[str, Path] = {}  # result folder name -> its file (duplicate SOP Instance UIDs get _2, _3 …)
         super().__init__(fragment, *args, **kwargs)
 

@@ -6,12 +6,13 @@ import logging
 import shutil
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from operators.lib.background import background_pool
 from operators.lib.case_outputs import write_failed, write_processed
 from operators.lib.publish import clean_stale_staging, publish_folder, staging_folder
 from operators.lib.results import FinalResult, StepFailure
@@ -44,7 +45,7 @@ class SegWriterOperator(Operator):
         self._ledger = ledger
         self._algorithm = algorithm
         self._models = model_versions
-        self._pool = ThreadPoolExecutor(max_workers=writer_threads, thread_name_prefix="seg-writer") if writer_threads > 0 else None
+        self._pool = background_pool("seg-writer", writer_threads) if writer_threads > 0 else None
         self._max_in_flight = max(1, int(max_in_flight))
         self._in_flight: deque[Future] = deque()
         super().__init__(fragment, *args, **kwargs)
