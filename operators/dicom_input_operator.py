@@ -70,6 +70,12 @@ class DicomCxrInputOperator(Operator):
                 future.set_exception(exc)
         self._next = (path, future)
 
+    def _take_next(self) -> tuple[Path, Future] | None:
+        """The file being read (reading starts now if none is), handed over; None when no file is left."""
+        self._start_reading()
+        taken, self._next = self._next, None
+        return taken
+
     def compute(self, op_input, op_output, context) -> None:
         if self._pending is None:
             self._pending, left_out = find_input_files(self._folder)
@@ -77,10 +83,8 @@ class DicomCxrInputOperator(Operator):
                 logger.warning("Skipped %s", reason)
                 self._ledger.record(path, Outcome.SKIPPED, reason)
             logger.info("Found %d files under %s", len(self._pending), self._folder)
-        self._start_reading()
-        while self._next is not None:
-            path, future = self._next
-            self._next = None
+        while (taken := self._take_next()) is not None:
+            path, future = taken
             try:
                 cxr, seconds = future.result()
             except InputRejected as exc:
@@ -88,12 +92,10 @@ class DicomCxrInputOperator(Operator):
                 outcome = Outcome.SKIPPED if "not a DICOM file" in reason or "unreadable DICOM" in reason else Outcome.REFUSED
                 logger.warning("%s %s", outcome.value.capitalize(), reason)
                 self._ledger.record(path, outcome, reason)
-                self._start_reading()
                 continue
             except Exception as exc:  # a decoder crash on one file must not end the run
                 logger.exception("Failed to read %s", path)
                 self._ledger.record(path, Outcome.FAILED, f"{path}: reading failed ({type(exc).__name__}: {exc}).")
-                self._start_reading()
                 continue
             case_id, warning = case_folder_name(str(cxr.dataset.get("SOPInstanceUID", "")), path, self._case_ids)
             if warning:
