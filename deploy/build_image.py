@@ -49,11 +49,6 @@ logger = logging.getLogger(__name__)
 PODMAN_OPTIONS = ("--runtime", "runc", "--cgroup-manager", "cgroupfs")
 #: rlimits for ``build`` and ``run`` (runc cannot raise them past the host's; holoscan wants a 32 MiB stack).
 ULIMITS = ("nofile=1024:1024", "nproc=4096:4096", "stack=33554432:33554432")
-
-
-def ulimit_args() -> list[str]:
-    """:data:`ULIMITS` as ``--ulimit=…`` arguments of ``build`` and ``run``."""
-    return [f"--ulimit={limit}" for limit in ULIMITS]
 #: The local stand-in for the packager's base image: Debian bookworm (Python 3.11), made by debootstrap.
 LOCAL_BASE = "localhost/cxr-opacity-base:bookworm-py311"
 LOCAL_BASE_SUITE = "bookworm"
@@ -67,6 +62,11 @@ WHEELHOUSE_DIR = "wheelhouse"
 IMAGE_RECORD = "image.json"
 #: Where the wheelhouse is mounted during the pip steps.
 WHEEL_MOUNT = "/tmp/wheelhouse"
+
+
+def ulimit_args() -> list[str]:
+    """:data:`ULIMITS` as ``--ulimit=…`` arguments of ``build`` and ``run``."""
+    return [f"--ulimit={limit}" for limit in ULIMITS]
 
 
 @dataclass(frozen=True)
