@@ -48,4 +48,4 @@ def test_the_writer_and_the_read_ahead_use_background_threads(tmp_path):
             assert pool.submit(_nice).result(timeout=30) == min(19, before + NICE_INCREMENT)
     finally:
         reader.stop()
-        writer._pool.shutdown(wait=True)
+        writer.stop()
