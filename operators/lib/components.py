@@ -44,25 +44,24 @@ def union_mask(prob_maps: Sequence[np.ndarray], threshold: float = 0.5) -> np.nd
 
 
 def component_boxes(mask: np.ndarray, max_components: int, min_area_px: int = 1) -> list[Box]:
-    """Bounding boxes of the 8-connected components of ``mask``, largest first, at most ``max_components``.
+    """Bounding boxes of the 8-connected components of ``mask``, largest first, at most ``max_components``
+    (equal areas: in label order, i.e. raster order of each component's first pixel).
 
-    Components smaller than ``min_area_px`` are dropped.
+    Components smaller than ``min_area_px`` are dropped. Only the kept components' boxes are computed:
+    a noisy mask has thousands of components, and boxing them all cost 0.05 s per 1024² mask.
     """
     labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return []
-    areas = np.bincount(labels.ravel())[1:]
-    slices = ndimage.find_objects(labels)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     order = np.argsort(-areas, kind="stable")
-    boxes: list[Box] = []
-    for index in order:
-        if areas[index] < min_area_px:
-            continue
-        rows, cols = slices[index]
-        boxes.append(Box(rows.start, cols.start, rows.stop, cols.stop))
-        if len(boxes) == max_components:
-            break
-    return boxes
+    kept = order[areas[order] >= min_area_px][: max(0, int(max_components))]
+    if kept.size == 0:
+        return []
+    # relabel the kept components 1..k in their order, everything else 0, then box them in one pass
+    relabel = np.zeros(count + 1, dtype=np.int32)
+    relabel[kept + 1] = np.arange(1, kept.size + 1, dtype=np.int32)
+    return [Box(rows.start, cols.start, rows.stop, cols.stop) for rows, cols in ndimage.find_objects(relabel[labels])]
 
 
 def pad_box(box: Box, shape_hw: tuple[int, int], pad_fraction: float, min_side_px: int) -> Box:

@@ -44,7 +44,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
-from scipy import ndimage
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage, generate_uid
 
@@ -92,7 +91,6 @@ def opacity_regions(opacity_mask: np.ndarray, lung_mask: np.ndarray, prob_map: n
                     max_regions: int = SR_MAX_REGIONS, min_area_fraction: float = MIN_REGION_FRACTION) -> list[Region]:
     """The opacity mask's connected components worth reporting, largest first (module docstring)."""
     opacity_mask = np.asarray(opacity_mask, bool)
-    labels, _ = ndimage.label(opacity_mask, structure=np.ones((3, 3), bool))
     regions = []
     for box in component_boxes(opacity_mask, max_regions, min_area_px=max(1, int(np.ceil(min_area_fraction * opacity_mask.size)))):
         window = (slice(box.top, box.bottom), slice(box.left, box.right))

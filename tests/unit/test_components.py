@@ -1,6 +1,8 @@
 """Step 3 geometry: components, padding, crop → predict → paste round trip."""
 
 import numpy as np
+import pytest
+from scipy import ndimage
 
 from operators.lib.components import Box, component_boxes, pad_box, refine_regions, union_mask
 
@@ -73,6 +75,20 @@ def test_components_are_eight_connected_and_ties_keep_label_order():
         row[0, 3 * k : 3 * k + 1 + k % 2] = True
     boxes = component_boxes(row, max_components=11)
     assert boxes == [Box(0, 3 * k, 1, 3 * k + 2) for k in range(1, 20, 2)] + [Box(0, 0, 1, 1)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_components_of_a_noisy_mask_match_every_component_boxed(seed):
+    """Only the kept components are boxed (a noisy mask has thousands): the boxes, their order and the
+    cap are those of boxing every component with ``find_objects`` and sorting by area."""
+    mask = np.random.default_rng(seed).random((300, 257)) > 0.62
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    areas = np.bincount(labels.ravel())[1:]
+    every = [Box(r.start, c.start, r.stop, c.stop) for r, c in ndimage.find_objects(labels)]
+    by_area = [every[i] for i in np.argsort(-areas, kind="stable") if areas[i] >= 3]
+    assert len(every) > 1000 and len(by_area) > 8
+    assert component_boxes(mask, 8, min_area_px=3) == by_area[:8]
+    assert component_boxes(mask, 10**6, min_area_px=3) == by_area
 
 
 def test_pad_box_wider_than_the_image_is_the_whole_image():
