@@ -7,6 +7,7 @@ import shutil
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -68,21 +69,25 @@ class SegWriterOperator(Operator):
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def write(self, final: FinalResult) -> list[str]:
-        """Write and publish one processed image's outputs; return their paths."""
-        return self._publish(final.case.case_id, lambda folder, target: write_processed(folder, final, self._algorithm, self._models, target))
+    def write(self, final: FinalResult, computed_at: datetime | None = None) -> list[str]:
+        """Write and publish one processed image's outputs; return their paths. ``computed_at`` (default:
+        now) is when the result reached the writer: result.json records it."""
+        computed_at = computed_at or datetime.now(timezone.utc)
+        return self._publish(final.case.case_id,
+                             lambda folder, target: write_processed(folder, final, self._algorithm, self._models, target, computed_at))
 
     def write_failure(self, failure: StepFailure) -> list[str]:
         return self._publish(failure.case.case_id, lambda folder, target: write_failed(folder, failure, self._algorithm, self._models, target))
 
     def compute(self, op_input, op_output, context) -> None:
         item = op_input.receive(self.INPUT)
+        received = datetime.now(timezone.utc)  # the image's compute is done: result.json's computed_at
         if self._pool is None:
-            self.handle(item)
+            self.handle(item, received)
             return
         while len(self._in_flight) >= self._max_in_flight:
             self._in_flight.popleft().result()
-        self._in_flight.append(self._pool.submit(self.handle, item))
+        self._in_flight.append(self._pool.submit(self.handle, item, received))
 
     def drain(self) -> None:
         """Wait until every result handed to the writer threads is written and recorded."""
@@ -95,8 +100,9 @@ class SegWriterOperator(Operator):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def handle(self, item: FinalResult | StepFailure) -> None:
-        """Write one image's outputs (or its failure report) and record the outcome; never raises."""
+    def handle(self, item: FinalResult | StepFailure, received: datetime | None = None) -> None:
+        """Write one image's outputs (or its failure report) and record the outcome; never raises.
+        ``received``: when the graph handed the item over (result.json's ``computed_at``)."""
         case = item.case
         if isinstance(item, StepFailure):
             reason = f"{case.path}: step {item.step} failed: {item.message}"
@@ -109,7 +115,7 @@ class SegWriterOperator(Operator):
             self._ledger.record(case.path, Outcome.FAILED, reason, case.case_id, outputs)
             return
         try:
-            outputs = self.write(item)
+            outputs = self.write(item, received)
         except Exception as exc:  # e.g. a full or read-only output folder: this image fails, the run goes on
             logger.exception("Writing results for %s failed", case.path)
             self._ledger.record(case.path, Outcome.FAILED, f"{case.path}: writing results failed ({type(exc).__name__}: {exc}).", case.case_id)

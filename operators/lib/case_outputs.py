@@ -17,6 +17,7 @@ processed again gives the same objects.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,11 @@ def caption(mean_score: float, positive: bool, threshold: float, preset: str) ->
     return f"opacity score {mean_score:.2f} ({'positive' if positive else 'negative'}, threshold {threshold:.2f}), preset {preset}"
 
 
-def write_processed(folder: Path, final: FinalResult, algorithm: AlgorithmInfo, models: dict[str, Any], published_as: Path) -> list[str]:
+def write_processed(folder: Path, final: FinalResult, algorithm: AlgorithmInfo, models: dict[str, Any], published_as: Path,
+                    computed_at: datetime | None = None) -> list[str]:
     """Write one processed image's outputs into ``folder``; return their paths as they will be once
-    ``folder`` is published as ``published_as``."""
+    ``folder`` is published as ``published_as``. ``computed_at`` (when the writer received the result)
+    goes into result.json."""
     started = time.perf_counter()
     case, gate = final.case, final.gate
     key = case.case_id
@@ -73,7 +76,8 @@ def write_processed(folder: Path, final: FinalResult, algorithm: AlgorithmInfo, 
                           source_key=key)
     write_dicom_atomically(sr, folder / SR_OPACITY)
     outputs = [str(Path(published_as) / name) for name in PROCESSED_FILES]
-    write_json_atomically(processed_report(final, algorithm.preset, models, outputs, time.perf_counter() - started), folder / RESULT)
+    write_json_atomically(processed_report(final, algorithm.preset, models, outputs, time.perf_counter() - started, computed_at),
+                          folder / RESULT)
     return outputs
 
 

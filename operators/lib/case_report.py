@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,9 @@ def timings(final: FinalResult, write_seconds: float) -> dict[str, float]:
     return {key: round(float(value), 4) for key, value in out.items()}
 
 
-def processed_report(final: FinalResult, preset: str, models: dict[str, Any], outputs: list[str], write_seconds: float) -> dict[str, Any]:
-    """result.json of a processed image."""
+def processed_report(final: FinalResult, preset: str, models: dict[str, Any], outputs: list[str], write_seconds: float,
+                     computed_at: datetime | None = None) -> dict[str, Any]:
+    """result.json of a processed image; ``computed_at``: when its last step finished and writing began."""
     gate = final.gate
     return {
         "case_id": final.case.case_id,
@@ -60,6 +62,7 @@ def processed_report(final: FinalResult, preset: str, models: dict[str, Any], ou
         },
         "models": models,
         "timings_s": timings(final, write_seconds),
+        "computed_at": computed_at.isoformat() if computed_at else None,
         "warnings": list(final.case.warnings),
         "outputs": outputs,
     }

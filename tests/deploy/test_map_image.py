@@ -212,9 +212,10 @@ def both_runs(map_image, container_engine, study_inputs, tmp_path_factory) -> di
 
 
 def _comparable(result: dict, input_root: str) -> dict:
-    """result.json without what differs by design: timings and absolute paths (``input_root`` in messages)."""
+    """result.json without what differs by design: timings, the time of computing and absolute paths (``input_root`` in messages)."""
     result = dict(result)
     result.pop("timings_s")
+    result.pop("computed_at")
     result["warnings"] = [w.replace(input_root, "<input>") for w in result["warnings"]]
     result["source"] = {k: v for k, v in result["source"].items() if k != "path"}
     result["outputs"] = [Path(p).name for p in result["outputs"]]

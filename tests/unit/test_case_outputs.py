@@ -174,6 +174,38 @@ def test_writer_records_processed_and_failed_cases_in_the_ledger(fragment, cxr, 
     assert sorted(p.name for p in (tmp_path / "1.2.3.4.6").iterdir()) == ["result.json"]
 
 
+def test_computed_at_is_when_the_writer_received_the_result_not_when_it_wrote(fragment, cxr, tmp_path, monkeypatch):
+    """result.json's computed_at is stamped in compute() (the image left the models), not on the writer
+    thread: the benchmark's steady-state time per study is measured from it."""
+    import threading
+    from datetime import datetime
+
+    import operators.lib.case_outputs as case_outputs
+
+    gate = threading.Event()
+    original = case_outputs.write_processed
+
+    def delayed(folder, final, *args):
+        gate.wait(timeout=30)
+        return original(folder, final, *args)
+
+    monkeypatch.setattr("operators.seg_writer_operator.write_processed", delayed)
+    writer = SegWriterOperator(fragment, output_folder=tmp_path, ledger=RunLedger(), algorithm=ALGORITHM, model_versions=MODELS,
+                               writer_threads=1, max_in_flight=2, name="w_stamp")
+    first, second = load_cxr(cxr.path, "1.2.3.4.20"), load_cxr(cxr.path, "1.2.3.4.21")
+    writer.compute(_Port(final_result(first, True)), None, None)  # its write waits for the gate
+    before = time.time()
+    writer.compute(_Port(final_result(second, True)), None, None)  # queued behind it on the one writer thread
+    after = time.time()
+    time.sleep(0.3)
+    gate.set()
+    writer.stop()
+    result = tmp_path / second.case_id / "result.json"
+    stamp = datetime.fromisoformat(json.loads(result.read_text())["computed_at"])
+    assert stamp.utcoffset() is not None  # an aware time (UTC), comparable across machines
+    assert before <= stamp.timestamp() <= after < result.stat().st_mtime - 0.25
+
+
 def test_writer_threads_hold_at_most_max_in_flight_and_stop_finishes_every_write(fragment, cxr, tmp_path, monkeypatch):
     """With a writer thread, compute returns before the files exist, never holds more than
     ``max_in_flight`` results, one failing write costs only its case, and stop() leaves every case
