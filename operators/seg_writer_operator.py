@@ -19,6 +19,7 @@ from operators.lib.publish import clean_stale_staging, publish_folder, staging_f
 from operators.lib.results import FinalResult, StepFailure
 from operators.lib.run_report import Outcome, RunLedger
 from operators.lib.seg_output import AlgorithmInfo
+from operators.lib.writer_warmup import warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,13 @@ class SegWriterOperator(Operator):
         spec.input(self.INPUT)
 
     def start(self) -> None:
-        """Before the first image: remove staging folders and temporary files of an interrupted run."""
+        """Before the first image: remove staging folders and temporary files of an interrupted run, and
+        warm the writer up (:mod:`operators.lib.writer_warmup`) on its own thread, or inline without one."""
         clean_stale_staging(self._output)
+        if self._pool is None:
+            warm_up(self._algorithm, self._models, self._output)
+        else:  # the first write queues behind it; the models do not wait for it
+            self._in_flight.append(self._pool.submit(warm_up, self._algorithm, self._models, self._output))
 
     def _publish(self, case_id: str, write: Callable[[Path, Path], list[str]]) -> list[str]:
         target = self._output / case_id
