@@ -87,16 +87,17 @@ def steady_study_seconds(results: list[dict[str, Any]], output_stamps: list[floa
 
 
 def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str, mirroring: bool, runtime: str = "torch",
-            writer_threads: int = 1, read_ahead: bool = True) -> dict[str, Any]:
-    """Run ``python -m app`` once; cold start, per-study wall times, per-step medians, peak RSS."""
+            writer_threads: int = 1, read_ahead: bool = True, app_repo: Path = REPO) -> dict[str, Any]:
+    """Run ``python -m app`` of the checkout ``app_repo`` once; cold start, per-study wall times, per-step
+    medians, peak RSS."""
     command = [sys.executable, "-m", "app", "-i", str(inputs), "-o", str(output), "-m", str(models), "--preset", preset,
                "--threads", str(threads), "-l", "WARN", "--runtime", "torch" if runtime == "torch" else "auto",
                "--writer-threads", str(writer_threads)]
     command += [] if read_ahead else ["--no-read-ahead"]
     command += ["--mirroring"] if mirroring else []
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(app_repo)}
     started = time.perf_counter()
-    process = subprocess.Popen(["bash", "-c", 'ulimit -s 32768; exec "$@"', "bash", *command], cwd=REPO, env=env,
+    process = subprocess.Popen(["bash", "-c", 'ulimit -s 32768; exec "$@"', "bash", *command], cwd=app_repo, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watcher = psutil.Process(process.pid)
     peak_rss, first_output, rss_trace = 0, None, []
@@ -133,6 +134,7 @@ def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str,
         "warm_study_s_median": round(median(warm), 3) if warm else None,
         "warm_study_s_all": [round(w, 3) for w in warm],
         "warm_study_s_steady": steady_study_seconds(results, stamps),
+        "warm_study_s_between_outputs": round((stamps[-1] - stamps[0]) / (len(stamps) - 1), 3) if len(stamps) > 1 else None,
         "computed_intervals_s": [round(b - a, 3) for a, b in zip(computed, computed[1:])],
         "steps_s_median": {k: round(median(v), 4) for k, v in sorted(steps.items())},
         "refined_crops_median": median(len(r.get("refined_boxes", [])) for r in results) if results else 0,
@@ -293,7 +295,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Benchmark: {report['profile']} ({report['date']})", "",
              f"Machine: {report['machine']}. Threads: {report['threads']}. Preset: {report['preset']}, mirroring "
              f"{'on' if report['mirroring'] else 'off'}. Studies: {runs[names[0]]['app']['studies']}. One run of "
-             f"`{report['command']}`; every column below comes from it (same machine, same load).", "",
+             f"`{report['command']}` (app at commit {report.get('app_commit', 'unknown')}); every column below comes from it "
+             f"(same machine, same load).", "",
              "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
 
     def row(label: str, value) -> None:
@@ -306,6 +309,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     row("warm time per study, steady (first image computed → last output written, / (studies − 1)), s",
         lambda r: r["app"].get("warm_study_s_steady"))
     row("overhead ratio, steady (target ≤ 1.10)", lambda r: r.get("overhead_ratio_steady"))
+    row("warm time per study, first to last output / (studies − 1), s", lambda r: r["app"].get("warm_study_s_between_outputs"))
     row("intervals between outputs, s", lambda r: ", ".join(str(w) for w in r["app"]["warm_study_s_all"]))
     row("intervals between images leaving the models, s", lambda r: ", ".join(str(w) for w in r["app"].get("computed_intervals_s", [])))
     row("peak RSS, MB", lambda r: r["app"]["peak_rss_mb"])
@@ -313,7 +317,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     row("networks on ONNX Runtime", lambda r: sum(v == "onnxruntime" for v in r["app"]["model_runtimes"].values()))
     row("writer threads", lambda r: r.get("writer_threads", 0))
     row("read ahead", lambda r: "yes" if r.get("read_ahead", False) else "no")
-    if "torch" in runs and "onnxruntime" in runs:
+    if "torch" in runs and "onnxruntime" in runs and all(runs[n]["app"].get("warm_study_s_steady") for n in runs):
         t, o = runs["torch"], runs["onnxruntime"]
         lines += ["", f"ONNX Runtime vs torch, same run: warm per study (steady) {t['app']['warm_study_s_steady'] / o['app']['warm_study_s_steady']:.2f}× "
                       f"faster, bare forwards {t['bare_sum_per_study_s'] / o['bare_sum_per_study_s']:.2f}× faster."]
@@ -351,6 +355,16 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _commit(repo: Path) -> str:
+    """The commit the benchmarked app was run from (``+`` when its tracked files were changed), or "unknown"."""
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD"]).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=["production", "production-light-lung", "random"], default="production",
@@ -368,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--writer-threads", type=int, default=1, help="the app's --writer-threads (default 1)")
     parser.add_argument("--also-no-overlap", action="store_true",
                         help="add a run of each runtime with --writer-threads 0 --no-read-ahead, to measure the overlap")
+    parser.add_argument("--app-repo", type=Path, default=REPO,
+                        help="run the app of another checkout (e.g. a git worktree of an older commit) under this harness")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     os.environ["nnUNet_def_n_proc"] = str(args.threads)  # the stock predictor's thread cap, as the app sets it
@@ -397,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
             pack = models if runtime == "torch" else graphs
             print(f"Running the app on {len(studies)} studies with {profile} models: {label}…", flush=True)
             app = run_app(pack, work / "in", work / f"out_{len(runs)}", args.threads, args.preset, args.mirroring, runtime, writer_threads,
-                          read_ahead)
+                          read_ahead, args.app_repo.resolve())
             if runtime not in bare_by_runtime:
                 print(f"Timing bare forward passes on {runtime}…", flush=True)
                 bare_by_runtime[runtime] = bare_forwards(pack, args.threads, args.repeats, args.mirroring, runtime)
@@ -411,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "profile": profile, "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "preset": args.preset,
         "mirroring": args.mirroring, "command": "python -m bench.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "app_commit": _commit(args.app_repo),
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, "
                    f"{platform.processor() or platform.platform()}",
         "runs": runs, "naive": naive,

@@ -73,7 +73,7 @@ def open_session(path: Path, threads: int):
     Its threads do not spin after a run: by default they busy-wait for the next one, and in the app the
     next work is torch, numpy and the writer thread, which then share the cores with spinning threads
     (measured: the ConvNeXt step 0.67 s for a 0.24 s forward, the writer 0.95 s against 0.55 s on torch;
-    ``docs/benchmark.md`` §0)."""
+    ``docs/benchmark.md`` §0.1)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

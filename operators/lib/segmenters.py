@@ -133,7 +133,7 @@ def _widen_gaussian_cache() -> None:
     nnunetv2 caches the sliding window's Gaussian importance map with ``lru_cache(maxsize=2)``. The app
     runs three nnU-Nets with three patch sizes in turn (two experts and the refinement), so every call
     missed and recomputed it with scipy — single-threaded, 0.1–0.4 s for a 768-px patch, on every
-    study (``docs/benchmark.md`` §0). The same function, with a larger cache, in the module that calls it: the values are the
+    study (``docs/benchmark.md`` §0.1). The same function, with a larger cache, in the module that calls it: the values are the
     stock ones. Idempotent.
     """
     from nnunetv2.inference import predict_from_raw_data, sliding_window_prediction
