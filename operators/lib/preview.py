@@ -137,15 +137,15 @@ def render_preview(
     prob = np.clip(_resize(np.nan_to_num(prob_map.astype(np.float32), nan=0.0), size), 0.0, 1.0)
     small_mask = _resize(mask.astype(np.float32), size) >= 0.5
 
-    rgb = np.repeat(grey[..., np.newaxis], 3, axis=-1)
+    # grey everywhere, rounded once per pixel (not per channel); the heat-map pixels are blended in
+    # float and rounded the same way: the picture of blending every channel of a float RGB image
+    out = np.repeat(np.round(grey * 255.0).astype(np.uint8)[..., np.newaxis], 3, axis=-1)
     heat = prob > HEAT_THRESHOLD
     if np.any(heat):
         p = prob[heat]
-        alpha = HEAT_MAX_ALPHA * (p - HEAT_THRESHOLD) / (1.0 - HEAT_THRESHOLD)
+        alpha = (HEAT_MAX_ALPHA * (p - HEAT_THRESHOLD) / (1.0 - HEAT_THRESHOLD))[:, np.newaxis]
         colours = colour_ramp(RAMP_START + (1.0 - RAMP_START) * p)
-        rgb[heat] = (1.0 - alpha[:, np.newaxis]) * rgb[heat] + alpha[:, np.newaxis] * colours
-
-    out = np.round(rgb * 255.0).astype(np.uint8)
+        out[heat] = np.round(((1.0 - alpha) * grey[heat][:, np.newaxis] + alpha * colours) * 255.0).astype(np.uint8)
     if np.any(small_mask):
         thickness = max(1, round(max(size) / 512))
         eroded = ndimage.binary_erosion(small_mask, iterations=thickness, border_value=0)
