@@ -180,6 +180,19 @@ def test_band_seg_round_trips(built):
     assert values.sum(axis=-1).max() <= 1  # exclusive: a labelmap viewer paints each pixel once
 
 
+def test_band_seg_of_a_negative_study_keeps_a_frame_per_band(built, tmp_path):
+    """The bands go to highdicom as a label map; with no pixel in any band each band still has its frame."""
+    from operators.lib.seg_output import band_labels
+
+    path = tmp_path / "bands_empty.dcm"
+    build_band_seg(built.source, np.zeros_like(built.prob), ALGORITHM).save_as(path, enforce_file_format=True)
+    seg = hd.seg.segread(path)
+    assert seg.number_of_segments == 3 == int(seg.NumberOfFrames) and seg.SegmentsOverlap == "NO"
+    assert not pixels(seg, built.source, [1, 2, 3]).any()
+    labels = band_labels(np.array([[0.0, 0.5, 0.74], [0.75, 0.9, 1.0]], np.float32))
+    np.testing.assert_array_equal(labels, [[0, 1, 1], [2, 3, 3]])
+
+
 @pytest.mark.parametrize("kind, segments", [("binary-empty", 2), ("binary-no-lung", 1)])
 def test_empty_masks_keep_one_frame_per_segment(built, kind, segments):
     seg = hd.seg.segread(built.files[kind])
