@@ -71,19 +71,23 @@ def _rss_after_first_and_last(trace: list[tuple[float, int, int]]) -> list[float
     return [round(first[2] / 2**20, 1), round(live[-1][2] / 2**20, 1)]
 
 
-def steady_study_seconds(results: list[dict[str, Any]], output_stamps: list[float]) -> float | None:
-    """Seconds per study from the first image leaving the models (its ``computed_at``) to the last output
-    written, over the N − 1 studies after the first.
+def computed_times(results: list[dict[str, Any]]) -> list[float]:
+    """When each image left the models (``result.json``'s ``computed_at``), as sorted epoch seconds."""
+    return sorted(datetime.fromisoformat(r["computed_at"]).timestamp() for r in results if r.get("computed_at"))
+
+
+def steady_study_seconds(computed: list[float], output_stamps: list[float]) -> float | None:
+    """Seconds per study from the first image leaving the models (:func:`computed_times`) to the last
+    output written, over the N − 1 studies after the first (N: one output per study).
 
     The window holds the compute of studies 2..N and every write, so a writer that lags (its thread
     yields to the forwards and catches up at the end) is counted in full; the intervals between
     outputs are not steady with a writer thread (the last ones come in a burst). It over-counts by
     at most one study's write, which shrinks with N.
     """
-    computed = [datetime.fromisoformat(r["computed_at"]).timestamp() for r in results if r.get("computed_at")]
-    if len(results) < 2 or not computed or not output_stamps:
+    if len(output_stamps) < 2 or not computed:
         return None
-    return round((max(output_stamps) - min(computed)) / (len(results) - 1), 3)
+    return round((max(output_stamps) - min(computed)) / (len(output_stamps) - 1), 3)
 
 
 def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str, mirroring: bool, runtime: str = "torch",
@@ -120,7 +124,7 @@ def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str,
     runtimes = json.loads((output / "summary.json").read_text()).get("model_runtimes", {})
     stamps = sorted(p.stat().st_mtime for p in output.glob("*/result.json"))
     warm = [b - a for a, b in zip(stamps, stamps[1:])]
-    computed = sorted(datetime.fromisoformat(r["computed_at"]).timestamp() for r in results if r.get("computed_at"))
+    computed = computed_times(results)
     steps: dict[str, list[float]] = {}
     for result in results:
         for step, seconds in result.get("timings_s", {}).items():
@@ -133,7 +137,7 @@ def run_app(models: Path, inputs: Path, output: Path, threads: int, preset: str,
         "cold_start_s": round(first_output or float("nan"), 2),
         "warm_study_s_median": round(median(warm), 3) if warm else None,
         "warm_study_s_all": [round(w, 3) for w in warm],
-        "warm_study_s_steady": steady_study_seconds(results, stamps),
+        "warm_study_s_steady": steady_study_seconds(computed, stamps),
         "warm_study_s_between_outputs": round((stamps[-1] - stamps[0]) / (len(stamps) - 1), 3) if len(stamps) > 1 else None,
         "computed_intervals_s": [round(b - a, 3) for a, b in zip(computed, computed[1:])],
         "steps_s_median": {k: round(median(v), 4) for k, v in sorted(steps.items())},
